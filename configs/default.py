@@ -1,0 +1,78 @@
+"""Every configuration field of simclr_jax, with its default and what it means.
+
+Experiment configs (`configs/cifar10_r18.py`, `configs/r152_3x.py`, ...) start from `get_config()`
+here and override fields; no code reads a field that is not declared in this file. Defaults follow
+the official SimCLR flags (google-research/simclr `run.py`) unless a comment says otherwise.
+
+Run:  python -m simclr_jax.main --config=configs/default.py --workdir=/tmp/simclr
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.name = 'default'  # Run name; the default workdir is workdirs/<name>.
+  config.seed = 0  # Root of every random draw: init, data order, augmentations.
+
+  # ---- Data -------------------------------------------------------------------------------
+  config.data = data = ml_collections.ConfigDict()
+  data.dataset = 'cifar10'  # tfds name (cifar10, stl10, imagenet2012, ...), 'folder' or 'demo'.
+  data.folder = ''  # For dataset='folder': root/<split>/<class>/*.png|jpg, or a flat folder.
+  data.tfds_data_dir = config_dict.placeholder(str)  # tfds data_dir; None = tfds default.
+  data.train_split = 'train'  # Split used for training ('unlabelled' for STL-10 pretraining).
+  data.eval_split = 'test'  # Split used for evaluation ('validation' for ImageNet).
+  data.image_size = 32  # Network input side in pixels (224 for ImageNet, 32 for CIFAR).
+  data.color_jitter_strength = 0.5  # s in REFERENCE §5; 1.0 for ImageNet, 0.5 for CIFAR.
+  data.use_blur = False  # Gaussian blur on both views (True for ImageNet, False for CIFAR).
+  data.eval_crop_proportion = 0.875  # Centre crop kept at eval (ignored when image_size <= 32).
+  data.shuffle_buffer_multiplier = 10  # Shuffle buffer = this x host batch (official: 10; CIFAR 50).
+  data.cache = True  # Cache decoded images in memory (small datasets only).
+
+  # ---- Model ------------------------------------------------------------------------------
+  config.model = model = ml_collections.ConfigDict()
+  model.depth = 50  # ResNet depth: 18, 34, 50, 101, 152 or 200.
+  model.width_multiplier = 1.0  # Channel multiplier w: 64w..512w filters per group.
+  model.sk_ratio = 0.0  # Selective-kernel ratio; 0.0625 in SimCLRv2, 0 disables SK.
+  model.blocks_per_stage = config_dict.placeholder(tuple)  # Explicit blocks per group (overrides depth).
+  model.cifar_stem = config_dict.placeholder(bool)  # 3x3 stride-1 stem; None = image_size <= 32.
+  model.num_proj_layers = 3  # Projection-head depth (SimCLRv2: 3, SimCLRv1: 2).
+  model.proj_out_dim = 128  # Output width of the projection head.
+  model.ft_proj_selector = 0  # Head layer feeding the supervised head (SimCLRv2 fine-tune: 1).
+  model.global_bn = True  # BatchNorm statistics over all devices (cross-replica BN).
+  model.bn_momentum = 0.9  # Moving average decay of BN statistics (official batch_norm_decay).
+  model.compute_dtype = 'float32'  # 'float32' or 'bfloat16' (params and BN stats stay float32).
+  model.remat = False  # Rematerialise each residual block to save memory.
+
+  # ---- Optimiser and schedule -------------------------------------------------------------
+  config.optim = optim = ml_collections.ConfigDict()
+  optim.optimizer = 'lars'  # 'lars', 'momentum' (Nesterov SGD) or 'adamw'.
+  optim.learning_rate = 0.3  # Base LR before scaling.
+  optim.learning_rate_scaling = 'linear'  # 'linear': base*batch/256; 'sqrt': base*sqrt(batch).
+  optim.warmup_epochs = 10.0  # Linear warm-up from 0, then cosine decay to 0.
+  optim.weight_decay = 1e-6  # Official TF2 default (TF1: 1e-4).
+  optim.momentum = 0.9  # Momentum of LARS / SGD.
+  optim.trust_coefficient = 1e-3  # LARS eeta.
+
+  # ---- Training loop ----------------------------------------------------------------------
+  config.train = train = ml_collections.ConfigDict()
+  train.global_batch_size = 512  # Images per step over all devices (each gives two views).
+  train.train_epochs = 100  # Length of training in epochs (ignored when train_steps > 0).
+  train.train_steps = 0  # If > 0, the exact number of steps.
+  train.temperature = 0.1  # NT-Xent temperature (ImageNet 0.1, CIFAR 0.5).
+  train.linear_eval_while_pretraining = True  # Train a probe on stop-gradient features.
+  train.log_every_steps = 50  # Metrics to TensorBoard and the log every N steps.
+  train.checkpoint_every_steps = 1000  # Save a checkpoint every N steps (and at the end).
+  train.keep_checkpoints = 3  # Number of checkpoints kept.
+  train.eval_at_end = True  # Evaluate the probe on the eval split at the end.
+  train.eval_every_steps = 0  # If > 0, also evaluate every N steps.
+  train.eval_batch_size = 256  # Global eval batch (padded and masked, so any size works).
+
+  # ---- Multi-host -------------------------------------------------------------------------
+  config.distributed = distributed = ml_collections.ConfigDict()
+  distributed.initialize = False  # Call jax.distributed.initialize() (True on TPU pods).
+  distributed.coordinator_address = config_dict.placeholder(str)  # host:port; None = auto (TPU).
+  distributed.num_processes = config_dict.placeholder(int)  # None = auto-detect.
+  distributed.process_id = config_dict.placeholder(int)  # None = auto-detect.
+  return config

@@ -1,0 +1,52 @@
+"""Command line: run a SimCLR stage from a config file.
+
+    python -m simclr_jax.main --config=configs/demo.py [--workdir=DIR] [--config.field=value ...]
+
+Without --workdir the run goes to workdirs/<config.name>. Rerunning the same command resumes from
+the newest checkpoint in the workdir.
+"""
+
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a config file.', lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+  'workdir', None, 'Directory for checkpoints, TensorBoard events and results (default: '
+  'workdirs/<config.name>).'
+)
+flags.mark_flags_as_required(['config'])
+
+
+def default_workdir(config_name: str) -> str:
+  return os.path.join('workdirs', config_name)
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  config = _CONFIG.value
+  # Imported after flag parsing so `--help` stays fast and JAX sees the final environment.
+  import jax
+
+  from simclr_jax import train, validation
+
+  if config.distributed.initialize:
+    jax.distributed.initialize(
+      coordinator_address=config.distributed.coordinator_address,
+      num_processes=config.distributed.num_processes,
+      process_id=config.distributed.process_id,
+    )
+  workdir = _WORKDIR.value or default_workdir(config.name)
+  logging.info('JAX %s: %d processes, %d devices (%s); workdir %s', jax.__version__,
+               jax.process_count(), jax.device_count(), jax.devices()[0].platform, workdir)
+  try:
+    validation.validate_config(config, jax.device_count(), jax.process_count())
+  except validation.ConfigError as error:
+    raise app.UsageError(str(error)) from None
+  train.train_and_evaluate(config, workdir)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,196 @@
+"""Checks a whole config before anything is built or compiled.
+
+Each problem is one line that names the field, the bad value and the fix, raised as ConfigError.
+"""
+
+import os
+
+import ml_collections
+
+SUPPORTED_DEPTHS = (18, 34, 50, 101, 152, 200)
+OPTIMIZERS = ('lars', 'momentum', 'adamw')
+LR_SCALINGS = ('linear', 'sqrt')
+COMPUTE_DTYPES = ('float32', 'bfloat16')
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
+LOCAL_DATASETS = ('folder', 'demo')
+
+
+class ConfigError(ValueError):
+  """A configuration value that cannot work; the message names the field and the fix."""
+
+
+def _require(condition: bool, message: str) -> None:
+  if not condition:
+    raise ConfigError(message)
+
+
+def _has_images(folder: str) -> bool:
+  for _, _, files in os.walk(folder):
+    if any(f.lower().endswith(IMAGE_EXTENSIONS) for f in files):
+      return True
+  return False
+
+
+def known_tfds_names() -> set[str]:
+  import tensorflow_datasets as tfds  # Imported here: only tfds datasets need it.
+
+  return set(tfds.list_builders())
+
+
+def validate_data(data: ml_collections.ConfigDict, model: ml_collections.ConfigDict) -> None:
+  dataset = data.dataset
+  if dataset == 'folder':
+    _require(
+      bool(data.folder),
+      "data.folder is empty but data.dataset='folder'; set --config.data.folder=/path/to/images",
+    )
+    _require(
+      os.path.isdir(data.folder),
+      f'data.folder={data.folder!r} does not exist; point it at root/<split>/<class>/*.jpg '
+      'or a flat folder of images',
+    )
+    _require(
+      _has_images(data.folder),
+      f'data.folder={data.folder!r} holds no image files ({", ".join(IMAGE_EXTENSIONS)}); '
+      'point it at a folder of images',
+    )
+  elif dataset != 'demo':
+    base_name = dataset.split('/')[0].split(':')[0]
+    _require(
+      base_name in known_tfds_names(),
+      f'data.dataset={dataset!r} is not a known tfds dataset; use e.g. cifar10, cifar100, stl10, '
+      "imagenet2012, imagenet2012_subset/1pct, 'demo', or 'folder' with data.folder=PATH",
+    )
+  cifar_stem = model.cifar_stem if model.cifar_stem is not None else data.image_size <= 32
+  min_size = 8 if cifar_stem else 32  # 3 or 5 halvings down to at least one pixel.
+  _require(
+    data.image_size >= min_size,
+    f'data.image_size={data.image_size} is smaller than the {min_size}-pixel minimum of this '
+    'ResNet stem; raise data.image_size (or set model.cifar_stem=True for small images)',
+  )
+  _require(
+    data.color_jitter_strength >= 0,
+    f'data.color_jitter_strength={data.color_jitter_strength} is negative; use 0 (off) or more',
+  )
+  _require(
+    0 < data.eval_crop_proportion <= 1,
+    f'data.eval_crop_proportion={data.eval_crop_proportion} is outside (0, 1]; use 0.875',
+  )
+  _require(
+    data.shuffle_buffer_multiplier >= 1,
+    f'data.shuffle_buffer_multiplier={data.shuffle_buffer_multiplier} must be >= 1',
+  )
+
+
+def validate_model(model: ml_collections.ConfigDict) -> None:
+  if model.blocks_per_stage is None:
+    _require(
+      model.depth in SUPPORTED_DEPTHS,
+      f'model.depth={model.depth} is not supported; use one of {SUPPORTED_DEPTHS} '
+      '(or give model.blocks_per_stage)',
+    )
+  else:
+    blocks = tuple(model.blocks_per_stage)
+    _require(
+      len(blocks) == 4 and all(isinstance(b, int) and b >= 1 for b in blocks),
+      f'model.blocks_per_stage={blocks} must be 4 positive integers, e.g. (3, 4, 6, 3)',
+    )
+  _require(
+    0 < model.width_multiplier <= 16,
+    f'model.width_multiplier={model.width_multiplier} is outside (0, 16]; SimCLRv2 uses 1, 2 or 3',
+  )
+  _require(
+    0 <= model.sk_ratio < 1,
+    f'model.sk_ratio={model.sk_ratio} is outside [0, 1); use 0 (no SK) or 0.0625 (SimCLRv2)',
+  )
+  _require(
+    model.compute_dtype in COMPUTE_DTYPES,
+    f'model.compute_dtype={model.compute_dtype!r} is unknown; use one of {COMPUTE_DTYPES}',
+  )
+  _require(
+    model.num_proj_layers >= 0,
+    f'model.num_proj_layers={model.num_proj_layers} is negative; use 0..3 (SimCLRv2: 3)',
+  )
+  _require(
+    model.proj_out_dim >= 1, f'model.proj_out_dim={model.proj_out_dim} must be >= 1 (default 128)'
+  )
+  num_hiddens = model.num_proj_layers + 1
+  _require(
+    -num_hiddens <= model.ft_proj_selector < num_hiddens,
+    f'model.ft_proj_selector={model.ft_proj_selector} does not index the {num_hiddens} head '
+    f'outputs; use 0 (encoder) .. {model.num_proj_layers} or -1 (last)',
+  )
+  _require(
+    0 <= model.bn_momentum < 1, f'model.bn_momentum={model.bn_momentum} is outside [0, 1); use 0.9'
+  )
+
+
+def validate_optim(optim: ml_collections.ConfigDict) -> None:
+  _require(
+    optim.optimizer in OPTIMIZERS,
+    f'optim.optimizer={optim.optimizer!r} is unknown; use one of {OPTIMIZERS}',
+  )
+  _require(
+    optim.learning_rate >= 0,
+    f'optim.learning_rate={optim.learning_rate} is negative; use a positive base LR (e.g. 0.3)',
+  )
+  _require(
+    optim.learning_rate_scaling in LR_SCALINGS,
+    f'optim.learning_rate_scaling={optim.learning_rate_scaling!r} is unknown; use {LR_SCALINGS}',
+  )
+  _require(
+    optim.weight_decay >= 0, f'optim.weight_decay={optim.weight_decay} is negative; use >= 0'
+  )
+  _require(
+    0 <= optim.momentum < 1, f'optim.momentum={optim.momentum} is outside [0, 1); use 0.9'
+  )
+  _require(
+    optim.warmup_epochs >= 0, f'optim.warmup_epochs={optim.warmup_epochs} is negative; use >= 0'
+  )
+  _require(
+    optim.trust_coefficient > 0,
+    f'optim.trust_coefficient={optim.trust_coefficient} must be > 0 (official 1e-3)',
+  )
+
+
+def validate_train(train: ml_collections.ConfigDict, num_devices: int, num_processes: int) -> None:
+  batch = train.global_batch_size
+  _require(batch >= 1, f'train.global_batch_size={batch} must be >= 1')
+  _require(
+    batch % num_devices == 0,
+    f'train.global_batch_size={batch} is not divisible by the {num_devices} devices; '
+    f'use a multiple of {num_devices}',
+  )
+  _require(
+    batch % num_processes == 0,
+    f'train.global_batch_size={batch} is not divisible by the {num_processes} processes',
+  )
+  _require(
+    train.eval_batch_size >= num_devices and train.eval_batch_size % num_devices == 0,
+    f'train.eval_batch_size={train.eval_batch_size} is not a positive multiple of the '
+    f'{num_devices} devices; use e.g. {max(1, train.eval_batch_size // num_devices) * num_devices}',
+  )
+  _require(
+    train.temperature > 0,
+    f'train.temperature={train.temperature} must be > 0; use 0.1 (ImageNet) or 0.5 (CIFAR)',
+  )
+  _require(
+    train.train_steps > 0 or train.train_epochs > 0,
+    f'train.train_epochs={train.train_epochs} and train.train_steps={train.train_steps}: '
+    'set one of them > 0',
+  )
+  _require(train.train_steps >= 0, f'train.train_steps={train.train_steps} is negative')
+  for field in ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
+    value = train[field]
+    _require(value >= 1, f'train.{field}={value} must be >= 1')
+  _require(train.eval_every_steps >= 0, f'train.eval_every_steps={train.eval_every_steps} < 0')
+
+
+def validate_config(
+  config: ml_collections.ConfigDict, num_devices: int = 1, num_processes: int = 1
+) -> None:
+  """Raises ConfigError (one line, naming the field) for the first problem found."""
+  validate_model(config.model)
+  validate_data(config.data, config.model)
+  validate_optim(config.optim)
+  validate_train(config.train, num_devices, num_processes)
