@@ -1,0 +1,219 @@
+"""Where examples come from: tfds datasets, image folders, the embedded demo set.
+
+Every source is a `Source`: a `tf.data.Dataset` of
+`{'image': uint8 [H, W, 3], 'label': int32 (-1 = unlabeled), 'index': int64}` in a fixed order,
+holding only this host's share, plus metadata. `index` is the example's position in the whole
+split (before host sharding): a stable identity from which augmentation seeds are derived.
+
+Host sharding keeps the examples whose position % process_count == process_index, so the hosts'
+shares are disjoint, cover the split and do not depend on timing.
+"""
+
+import dataclasses
+import os
+import pathlib
+
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from absl import logging
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
+KNOWN_TFDS_EXAMPLES = 'cifar10, cifar100, stl10, imagenet2012, imagenet2012_subset/1pct'
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  dataset: tf.data.Dataset  # This host's examples, in a fixed order.
+  num_examples: int  # In the whole split, all hosts together.
+  num_host_examples: int  # In this host's share.
+  num_classes: int
+  class_names: tuple[str, ...]
+
+
+def demo_data_dir() -> str:
+  """The embedded CIFAR-10 demo folder (`train/` and `test/` of 10 class folders)."""
+  return str(pathlib.Path(__file__).resolve().parent.parent / 'demo_data' / 'cifar10')
+
+
+def _host_count(total: int, process_index: int, process_count: int) -> int:
+  return len(range(process_index, total, process_count))
+
+
+def _to_rgb(image: tf.Tensor) -> tf.Tensor:
+  """Grayscale -> 3 equal channels, RGBA -> RGB (alpha dropped)."""
+  channels = tf.shape(image)[-1]
+  image = tf.cond(channels == 1, lambda: tf.tile(image[..., :1], [1, 1, 3]), lambda: image)
+  image = image[..., :3]
+  image.set_shape([None, None, 3])
+  return image
+
+
+# ----------------------------------------------------------------------------- image folders
+
+
+def _is_image(path: str) -> bool:
+  return os.path.isfile(path) and path.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _images_in(folder: str) -> list[str]:
+  return sorted(name for name in os.listdir(folder) if _is_image(os.path.join(folder, name)))
+
+
+def _subfolders(folder: str) -> list[str]:
+  return sorted(n for n in os.listdir(folder) if os.path.isdir(os.path.join(folder, n)))
+
+
+def _list_folder(root: str, split: str) -> tuple[list[str], list[int], tuple[str, ...]]:
+  """Sorted (paths, labels, class_names) for root/<split>/<class>/* or a flat folder."""
+  if not os.path.isdir(root):
+    raise ValueError(
+      f'data.folder={root!r} does not exist; set data.folder to a folder of images '
+      '(root/<split>/<class>/*.png|jpg, or a flat folder of unlabeled images).'
+    )
+  split_dir = os.path.join(root, split)
+  if not os.path.isdir(split_dir):
+    if _images_in(root) and not _subfolders(root):
+      logging.info('data.folder=%r is a flat folder of unlabeled images; split %r ignored.',
+                   root, split)
+      split_dir = root
+    else:
+      raise ValueError(
+        f'data.folder={root!r} has no split folder {split!r} (found: '
+        f'{", ".join(_subfolders(root)) or "none"}); set the split (data.train_split / '
+        'data.eval_split) to one of them.'
+      )
+  # Class ids come from the sorted union of class folders over all splits, so that a class
+  # missing from one split does not shift the ids of the others.
+  class_names = _subfolders(split_dir)
+  if class_names and split_dir != root:
+    every_split = [os.path.join(root, s) for s in _subfolders(root)]
+    class_names = sorted({c for s in every_split for c in _subfolders(s)})
+  paths: list[str] = []
+  labels: list[int] = []
+  if class_names:
+    for label, name in enumerate(class_names):
+      class_dir = os.path.join(split_dir, name)
+      if os.path.isdir(class_dir):
+        files = _images_in(class_dir)
+        paths += [os.path.join(class_dir, f) for f in files]
+        labels += [label] * len(files)
+  else:
+    paths = [os.path.join(split_dir, f) for f in _images_in(split_dir)]
+    labels = [-1] * len(paths)
+  if not paths:
+    raise ValueError(
+      f'data.folder={root!r} split {split!r} contains no {"/".join(IMAGE_EXTENSIONS)} images '
+      f'in {split_dir}; put images in <split>/<class>/ folders or point data.folder elsewhere.'
+    )
+  return paths, labels, tuple(class_names)
+
+
+def _decode_file(path: tf.Tensor) -> tf.Tensor:
+  image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+  image.set_shape([None, None, 3])
+  return image
+
+
+def from_folder(root: str, split: str, *, process_index: int = 0,
+                process_count: int = 1) -> Source:
+  """Images from root/<split>/<class>/*.{jpg,jpeg,png}, or a flat folder (labels -1).
+
+  Order: classes sorted by name, files sorted by name within a class.
+  """
+  paths, labels, class_names = _list_folder(root, split)
+  positions = tf.data.Dataset.from_tensor_slices(
+    {'path': paths, 'label': tf.constant(labels, tf.int32), 'index': tf.range(len(paths),
+                                                                           dtype=tf.int64)}
+  )
+  dataset = positions.shard(process_count, process_index).map(
+    lambda x: {'image': _decode_file(x['path']), 'label': x['label'], 'index': x['index']},
+    num_parallel_calls=tf.data.AUTOTUNE,
+    deterministic=True,
+  )
+  return Source(
+    dataset=dataset,
+    num_examples=len(paths),
+    num_host_examples=_host_count(len(paths), process_index, process_count),
+    num_classes=len(class_names),
+    class_names=class_names,
+  )
+
+
+# ----------------------------------------------------------------------------- tfds
+
+
+def _tfds_builder(name: str, data_dir: str | None):
+  try:
+    return tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError as error:
+    raise ValueError(
+      f'data.dataset={name!r} is not a known tfds dataset; use e.g. {KNOWN_TFDS_EXAMPLES}, '
+      "or data.dataset='folder' with data.folder=PATH."
+    ) from error
+
+
+def from_tfds(name: str, split: str, *, data_dir: str | None = None, process_index: int = 0,
+              process_count: int = 1) -> Source:
+  """A prepared tfds dataset (`tfds.builder(name, data_dir).as_dataset(split)`).
+
+  Examples without a 'label' feature (e.g. STL-10 'unlabelled' has label -1 already) get -1.
+  Images are read undecoded, sharded by position, then decoded, so each host decodes only its
+  share (every host still reads the records; for pod-scale ImageNet prefer file-level sharding).
+  """
+  builder = _tfds_builder(name, data_dir)
+  splits = builder.info.splits  # Empty until prepared (and under tfds.testing.mock_data).
+  if splits:
+    try:
+      num_examples = splits[split].num_examples
+    except (KeyError, ValueError) as error:
+      raise ValueError(
+        f'tfds dataset {name!r} has no split {split!r} (has: {", ".join(sorted(splits))}); set '
+        'data.train_split / data.eval_split to one of them.'
+      ) from error
+  features = builder.info.features
+  label_feature = features['label'] if 'label' in features else None
+  class_names = tuple(getattr(label_feature, 'names', None) or ())
+  num_classes = getattr(label_feature, 'num_classes', 0)
+  try:
+    dataset = builder.as_dataset(
+      split=split, shuffle_files=False, decoders={'image': tfds.decode.SkipDecoding()}
+    )
+  except AssertionError as error:  # tfds asserts when the dataset was never prepared.
+    raise ValueError(
+      f'data.dataset={name!r} is not prepared in data.tfds_data_dir={data_dir!r}; build it first '
+      f'(`tfds build {name} --data_dir=...`; ImageNet needs a manual download).'
+    ) from error
+  if not splits:
+    num_examples = int(dataset.cardinality())
+  image_feature = builder.info.features['image']
+
+  def decode(index: tf.Tensor, example: dict) -> dict:
+    label = example['label'] if 'label' in example else tf.constant(-1)
+    return {
+      'image': _to_rgb(image_feature.decode_example(example['image'])),
+      'label': tf.cast(label, tf.int32),
+      'index': index,
+    }
+
+  dataset = dataset.enumerate().shard(process_count, process_index)
+  dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return Source(
+    dataset=dataset,
+    num_examples=num_examples,
+    num_host_examples=_host_count(num_examples, process_index, process_count),
+    num_classes=num_classes,
+    class_names=class_names,
+  )
+
+
+def load(dataset: str, split: str, *, folder: str = '', data_dir: str | None = None,
+         process_index: int = 0, process_count: int = 1) -> Source:
+  """The `data.dataset` config value -> Source: 'demo', 'folder' (with `folder`) or a tfds name."""
+  sharding = dict(process_index=process_index, process_count=process_count)
+  if dataset == 'demo':
+    return from_folder(demo_data_dir(), split, **sharding)
+  if dataset == 'folder':
+    if not folder:
+      raise ValueError("data.dataset='folder' needs data.folder=PATH (root/<split>/<class>/*).")
+    return from_folder(folder, split, **sharding)
+  return from_tfds(dataset, split, data_dir=data_dir, **sharding)
