@@ -1,0 +1,239 @@
+"""Host input pipelines: a source's examples -> augmented, batched, numpy-friendly host batches.
+
+    pretrain: shuffle per epoch -> two independent views -> batch -> blur per device group
+    finetune: shuffle per epoch -> one crop + flip view -> batch
+    eval:     in order -> centre crop -> batch, padded to full batches with a 0/1 `mask`
+
+Determinism: the stream is a pure function of `seed` (and the host's share of the data).
+  * epoch e is shuffled with a seed derived from (seed, 'shuffle', host, e);
+  * an example's two views use seeds split from (seed, 'augment', e, example index), where the
+    index is its position in the whole split (sources.py), so a view does not depend on the
+    order in which tf.data happens to run the map, nor on the batch it lands in;
+  * the blur of batch n uses a seed derived from (seed, 'blur', host, n).
+Every random op is stateless (augment.py), and `Options().deterministic` keeps parallel maps in
+order. Resuming at `start_batch` reproduces the same batches as an uninterrupted run.
+"""
+
+from collections.abc import Iterator
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from simclr_jax.data import augment
+
+# Purposes folded into the root seed, so streams for different uses never share random bits.
+_SHUFFLE, _AUGMENT, _BLUR = 1, 2, 3
+_MAX_EPOCHS = 2**62
+
+
+def _purpose_seed(seed: int, purpose: int, *data: int | tf.Tensor) -> tf.Tensor:
+  """A [2] int64 stateless seed from the root seed, a purpose and further integers to fold in."""
+  derived = tf.random.experimental.stateless_fold_in(
+    tf.constant([seed, 0], tf.int64), tf.constant(purpose, tf.int64)
+  )
+  for value in data:
+    derived = tf.random.experimental.stateless_fold_in(derived, tf.cast(value, tf.int64))
+  return derived
+
+
+def _options(threadpool_size: int) -> tf.data.Options:
+  options = tf.data.Options()
+  options.deterministic = True
+  # As flax examples/imagenet input_pipeline.py: a private pool so the pipeline does not compete
+  # with the JAX host threads, and no intra-op parallelism inside one element.
+  options.threading.private_threadpool_size = threadpool_size
+  options.threading.max_intra_op_parallelism = 1
+  return options
+
+
+def _shuffled_epochs(
+  source_ds: tf.data.Dataset,
+  *,
+  seed: int,
+  shuffle_buffer: int,
+  cache: bool,
+  start_example: int,
+  process_index: int,
+  num_epochs: int | None,
+) -> tf.data.Dataset:
+  """Examples with an 'epoch' field, each epoch shuffled by a seed from (seed, host, epoch).
+
+  Skips `start_example` examples of this host's stream: whole epochs arithmetically when the
+  source's size is known, so resuming costs at most one epoch of reads.
+  """
+  if cache:
+    source_ds = source_ds.cache()
+  epoch_size = int(source_ds.cardinality())
+  if epoch_size == 0:
+    raise ValueError('The input has no examples on this host; check the dataset and split.')
+  first_epoch, skip = 0, start_example
+  if epoch_size > 0:
+    first_epoch, skip = divmod(start_example, epoch_size)
+
+  def one_epoch(epoch: tf.Tensor) -> tf.data.Dataset:
+    shuffle_seed = tf.random.stateless_uniform(
+      [], _purpose_seed(seed, _SHUFFLE, process_index, epoch), 0, 2**62, dtype=tf.int64
+    )
+    shuffled = source_ds.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+    return shuffled.map(lambda example: {**example, 'epoch': epoch})
+
+  stop = _MAX_EPOCHS if num_epochs is None else num_epochs
+  return tf.data.Dataset.range(first_epoch, stop).flat_map(one_epoch).skip(skip)
+
+
+def _view_seeds(seed: int, example: dict, num_views: int) -> tf.Tensor:
+  """[num_views, 2] seeds of one example, from (seed, epoch, example index)."""
+  example_seed = _purpose_seed(seed, _AUGMENT, example['epoch'], example['index'])
+  return tf.random.experimental.stateless_split(example_seed, num=num_views)
+
+
+def _to_float(image: tf.Tensor) -> tf.Tensor:
+  return tf.image.convert_image_dtype(image, tf.float32)  # uint8 -> [0, 1] by /255 (official).
+
+
+def _finish(dataset: tf.data.Dataset, threadpool_size: int) -> tf.data.Dataset:
+  return dataset.prefetch(tf.data.AUTOTUNE).with_options(_options(threadpool_size))
+
+
+def make_pretrain_dataset(
+  source_ds: tf.data.Dataset,
+  *,
+  seed: int,
+  host_batch_size: int,
+  image_size: int,
+  color_jitter_strength: float,
+  use_blur: bool,
+  num_local_devices: int,
+  shuffle_buffer: int,
+  cache: bool = False,
+  start_batch: int = 0,
+  process_index: int = 0,
+  num_epochs: int | None = None,
+  threadpool_size: int = 48,
+) -> tf.data.Dataset:
+  """Infinite host batches {'view_a', 'view_b': float32 [B, S, S, 3], 'label': int32 [B]}.
+
+  Two independent views per image (REFERENCE §5). With use_blur, each view's batch is blurred
+  as `augment.batch_random_blur` with one group per local device (official: per replica batch).
+  Batches do not respect epoch boundaries (drop_remainder only at the end of a finite run).
+  """
+  if host_batch_size % num_local_devices:
+    raise ValueError(
+      f'host batch {host_batch_size} is not divisible by {num_local_devices} local devices; '
+      'change train.global_batch_size.'
+    )
+
+  def two_views(example: dict) -> dict:
+    image = _to_float(example['image'])
+    seeds = _view_seeds(seed, example, 2)
+    views = [
+      augment.preprocess_for_train(image, seeds[i], image_size, color_jitter_strength)
+      for i in range(2)
+    ]
+    return {'view_a': views[0], 'view_b': views[1], 'label': example['label']}
+
+  def blur(batch_number: tf.Tensor, batch: dict) -> dict:
+    seeds = tf.random.experimental.stateless_split(
+      _purpose_seed(seed, _BLUR, process_index, batch_number), num=2
+    )
+    for i, key in enumerate(('view_a', 'view_b')):
+      batch[key] = augment.batch_random_blur(batch[key], seeds[i], num_local_devices)
+    return batch
+
+  dataset = _shuffled_epochs(
+    source_ds, seed=seed, shuffle_buffer=shuffle_buffer, cache=cache,
+    start_example=start_batch * host_batch_size, process_index=process_index,
+    num_epochs=num_epochs,
+  )
+  dataset = dataset.map(two_views, num_parallel_calls=tf.data.AUTOTUNE)
+  dataset = dataset.batch(host_batch_size, drop_remainder=True)
+  if use_blur:
+    dataset = dataset.enumerate(start=start_batch).map(blur, num_parallel_calls=tf.data.AUTOTUNE)
+  return _finish(dataset, threadpool_size)
+
+
+def make_finetune_dataset(
+  source_ds: tf.data.Dataset,
+  *,
+  seed: int,
+  host_batch_size: int,
+  image_size: int,
+  shuffle_buffer: int,
+  cache: bool = False,
+  start_batch: int = 0,
+  process_index: int = 0,
+  num_epochs: int | None = None,
+  threadpool_size: int = 48,
+) -> tf.data.Dataset:
+  """Infinite host batches {'image': float32 [B, S, S, 3], 'label': int32 [B]}.
+
+  Official fine-tuning / linear-eval view: random resized crop + flip, no colour, no blur.
+  """
+
+  def one_view(example: dict) -> dict:
+    view_seed = _view_seeds(seed, example, 1)[0]
+    image = augment.preprocess_for_train(
+      _to_float(example['image']), view_seed, image_size, color_jitter_strength=0.0
+    )
+    return {'image': image, 'label': example['label']}
+
+  dataset = _shuffled_epochs(
+    source_ds, seed=seed, shuffle_buffer=shuffle_buffer, cache=cache,
+    start_example=start_batch * host_batch_size, process_index=process_index,
+    num_epochs=num_epochs,
+  )
+  dataset = dataset.map(one_view, num_parallel_calls=tf.data.AUTOTUNE)
+  return _finish(dataset.batch(host_batch_size, drop_remainder=True), threadpool_size)
+
+
+def make_eval_dataset(
+  source_ds: tf.data.Dataset,
+  *,
+  batch_size: int,
+  image_size: int,
+  crop_proportion: float = augment.CROP_PROPORTION,
+  num_batches: int | None = None,
+  cache: bool = False,
+  threadpool_size: int = 48,
+) -> tf.data.Dataset:
+  """Finite, in-order batches {'image': float32 [B, S, S, 3], 'label': int32 [B], 'mask': [B]}.
+
+  The last batch is padded to `batch_size` with zero images, label 0 and mask 0 (official TF1
+  eval padding), so a masked sum over all batches is exact. `num_batches` pads further with
+  all-masked batches so that every host runs the same number of eval steps.
+  """
+  if cache:
+    source_ds = source_ds.cache()
+
+  def preprocess(example: dict) -> dict:
+    image = augment.preprocess_for_eval(_to_float(example['image']), image_size, crop_proportion)
+    return {'image': image, 'label': example['label'], 'mask': tf.constant(1.0)}
+
+  def pad(batch: dict) -> dict:
+    missing = batch_size - tf.shape(batch['mask'])[0]
+    padded = {}
+    for key, value in batch.items():
+      paddings = [[0, missing]] + [[0, 0]] * (value.shape.rank - 1)
+      padded[key] = tf.pad(value, paddings)
+      padded[key].set_shape([batch_size] + value.shape.as_list()[1:])
+    return padded
+
+  dataset = source_ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+  dataset = dataset.batch(batch_size).map(pad)
+  if num_batches is not None:
+    have = int(dataset.cardinality())
+    if have > num_batches:
+      raise ValueError(f'eval needs {have} batches on this host but num_batches={num_batches}.')
+    empty = tf.data.Dataset.from_tensors({
+      'image': tf.zeros([batch_size, image_size, image_size, 3]),
+      'label': tf.zeros([batch_size], tf.int32),
+      'mask': tf.zeros([batch_size]),
+    })
+    dataset = dataset.concatenate(empty.repeat()).take(num_batches)
+  return _finish(dataset, threadpool_size)
+
+
+def iterate_numpy(dataset: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
+  """Batches as dicts of NumPy arrays (zero-copy where tf allows)."""
+  return iter(tfds.as_numpy(dataset))
