@@ -56,7 +56,8 @@ def test_image_folder_on_real_cifar10_photos():
   test = sources.from_folder(SHARED_CIFAR10, 'test')
   _, labels = _expected_listing(os.path.join(SHARED_CIFAR10, 'test'))
   assert test.num_examples == len(labels) == 932
-  assert [int(label) for label in test.dataset.map(lambda x: x['label']).as_numpy_iterator()] == labels
+  labels_read = test.dataset.map(lambda x: x['label']).as_numpy_iterator()
+  assert [int(label) for label in labels_read] == labels
 
 
 def test_host_sharding_is_disjoint_covering_and_strided():

@@ -73,8 +73,8 @@ def _list_folder(root: str, split: str) -> tuple[list[str], list[int], tuple[str
   split_dir = os.path.join(root, split)
   if not os.path.isdir(split_dir):
     if _images_in(root) and not _subfolders(root):
-      logging.info('data.folder=%r is a flat folder of unlabeled images; split %r ignored.',
-                   root, split)
+      logging.info('data.folder=%r is a flat folder of unlabeled images; split %r ignored.', root,
+                   split)
       split_dir = root
     else:
       raise ValueError(
@@ -114,17 +114,20 @@ def _decode_file(path: tf.Tensor) -> tf.Tensor:
   return image
 
 
-def from_folder(root: str, split: str, *, process_index: int = 0,
-                process_count: int = 1) -> Source:
+def from_folder(
+  root: str, split: str, *, process_index: int = 0, process_count: int = 1
+) -> Source:
   """Images from root/<split>/<class>/*.{jpg,jpeg,png}, or a flat folder (labels -1).
 
   Order: classes sorted by name, files sorted by name within a class.
   """
   paths, labels, class_names = _list_folder(root, split)
-  positions = tf.data.Dataset.from_tensor_slices(
-    {'path': paths, 'label': tf.constant(labels, tf.int32), 'index': tf.range(len(paths),
-                                                                           dtype=tf.int64)}
-  )
+  logging.info('%s/%s: %d images in %d classes.', root, split, len(paths), len(class_names))
+  positions = tf.data.Dataset.from_tensor_slices({
+    'path': paths,
+    'label': tf.constant(labels, tf.int32),
+    'index': tf.range(len(paths), dtype=tf.int64),
+  })
   dataset = positions.shard(process_count, process_index).map(
     lambda x: {'image': _decode_file(x['path']), 'label': x['label'], 'index': x['index']},
     num_parallel_calls=tf.data.AUTOTUNE,
@@ -152,8 +155,14 @@ def _tfds_builder(name: str, data_dir: str | None):
     ) from error
 
 
-def from_tfds(name: str, split: str, *, data_dir: str | None = None, process_index: int = 0,
-              process_count: int = 1) -> Source:
+def from_tfds(
+  name: str,
+  split: str,
+  *,
+  data_dir: str | None = None,
+  process_index: int = 0,
+  process_count: int = 1,
+) -> Source:
   """A prepared tfds dataset (`tfds.builder(name, data_dir).as_dataset(split)`).
 
   Examples without a 'label' feature (e.g. STL-10 'unlabelled' has label -1 already) get -1.
@@ -206,8 +215,15 @@ def from_tfds(name: str, split: str, *, data_dir: str | None = None, process_ind
   )
 
 
-def load(dataset: str, split: str, *, folder: str = '', data_dir: str | None = None,
-         process_index: int = 0, process_count: int = 1) -> Source:
+def load(
+  dataset: str,
+  split: str,
+  *,
+  folder: str = '',
+  data_dir: str | None = None,
+  process_index: int = 0,
+  process_count: int = 1,
+) -> Source:
   """The `data.dataset` config value -> Source: 'demo', 'folder' (with `folder`) or a tfds name."""
   sharding = dict(process_index=process_index, process_count=process_count)
   if dataset == 'demo':
