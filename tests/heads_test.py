@@ -1,4 +1,4 @@
-"""Tests for simclr_jax/models/heads.py against the official conventions (REFERENCE.md section 4)."""
+"""Tests for simclr_jax/models/heads.py: official conventions (REFERENCE.md section 4)."""
 
 import jax
 import jax.numpy as jnp

@@ -94,7 +94,9 @@ class LayerConfig:
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
 
-  def conv(self, x: jax.Array, filters: int, kernel_size: int, strides: int, name: str):
+  def conv(
+    self, x: jax.Array, filters: int, kernel_size: int, strides: int, name: str
+  ) -> jax.Array:
     # Official Conv2dFixedPadding: explicit padding + VALID when strided (TF SAME would pad (0,1)
     # on even inputs), SAME otherwise.
     if strides > 1:
@@ -320,6 +322,11 @@ class ResNet(nn.Module):
       if len(blocks) != 4 or min(blocks) < 1:
         raise ValueError(
           f'model.blocks_per_stage={list(self.blocks_per_stage)} must be 4 positive ints'
+        )
+      if self.block_type is None and self.depth not in _BLOCKS_FOR_DEPTH:
+        raise ValueError(
+          f"model.block_type is needed with model.blocks_per_stage when model.depth={self.depth} "
+          "is not in the depth table; use 'basic' or 'bottleneck'"
         )
       block_type = self.block_type or block_type_for_depth(self.depth)
     return block_type, blocks
