@@ -114,8 +114,8 @@ def make_train_step(loss_fn: stages.LossFn, tx, schedule, mesh):
     params = optax.apply_updates(state.params, updates)
     metrics = dict(metrics)
     metrics['learning_rate'] = schedule(state.step)
-    metrics['grad_norm'] = optax.global_norm(grads)
-    metrics['weight_norm'] = optax.global_norm(params)
+    metrics['grad_norm'] = optax.tree.norm(grads)
+    metrics['weight_norm'] = optax.tree.norm(params)
     new_state = TrainState(state.step + 1, params, batch_stats, opt_state)
     return new_state, metrics
 

@@ -14,6 +14,7 @@ IMAGE_SIZE = 16
 def _tiny_config(optimizer='lars'):
   config = demo_lib.get_config()
   config.model.width_multiplier = 0.125
+  config.model.blocks_per_stage = (1, 1, 1, 1)  # Basic blocks, one per group: fast to compile.
   config.data.image_size = IMAGE_SIZE
   config.model.cifar_stem = True
   config.optim.optimizer = optimizer
@@ -50,19 +51,24 @@ def _one_step(config, devices, batch, num_steps=1):
     global_bn=config.model.global_bn,
   )
   step = train.make_train_step(loss_fn, tx, schedule, mesh)
+  initial_params = jax.device_get(state.params)
   all_metrics = []
   for _ in range(num_steps):
     state, metrics = step(state, sharding.global_batch_from_host(mesh, batch))
     all_metrics.append(jax.device_get(metrics))
-  return jax.device_get(state), all_metrics
+  return jax.device_get(state), all_metrics, initial_params
 
 
-def _assert_trees_close(a, b, rtol, atol):
-  leaves_a, tree_a = jax.tree.flatten_with_path(a)
-  leaves_b, tree_b = jax.tree.flatten(b)
+def _assert_trees_close(a, b, rtol):
+  """Per tensor: max |a - b| <= rtol * max |b| (summation order differs across devices)."""
+  leaves_a, _ = jax.tree.flatten_with_path(a)
+  leaves_b = jax.tree.leaves(b)
   assert len(leaves_a) == len(leaves_b)
   for (path, x), y in zip(leaves_a, leaves_b):
-    np.testing.assert_allclose(x, y, rtol=rtol, atol=atol, err_msg=jax.tree_util.keystr(path))
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    scale = max(np.max(np.abs(y)), 1e-12)
+    error = np.max(np.abs(x - y)) / scale
+    assert error <= rtol, f'{jax.tree_util.keystr(path)}: relative error {error:.2e}'
 
 
 @pytest.mark.parametrize('optimizer', ['lars', 'momentum'])
@@ -70,27 +76,18 @@ def test_eight_devices_match_one_device(optimizer):
   assert jax.device_count() == 8, 'tests/conftest.py must force 8 CPU devices'
   config = _tiny_config(optimizer)
   batch = _batch()
-  state_1, metrics_1 = _one_step(config, jax.devices()[:1], batch, num_steps=2)
-  state_8, metrics_8 = _one_step(config, jax.devices(), batch, num_steps=2)
+  state_1, metrics_1, initial = _one_step(config, jax.devices()[:1], batch)
+  state_8, metrics_8, _ = _one_step(config, jax.devices(), batch)
   for m1, m8 in zip(metrics_1, metrics_8):
     for key in ('total_loss', 'contrastive_loss', 'probe_loss', 'contrast_acc', 'grad_norm'):
       np.testing.assert_allclose(m8[key], m1[key], rtol=1e-5, err_msg=key)
-  _assert_trees_close(state_8.params, state_1.params, rtol=1e-5, atol=1e-7)
-  _assert_trees_close(state_8.batch_stats, state_1.batch_stats, rtol=1e-5, atol=1e-7)
-  _assert_trees_close(state_8.opt_state, state_1.opt_state, rtol=1e-5, atol=1e-7)
-  # The step changed something: the test would pass trivially on a no-op step otherwise.
-  state_0 = train.init_state(
-    train.build_model(config, 10), train.build_optimizer(config, state_1.params, 1000)[0],
-    IMAGE_SIZE, config.seed, sharding.make_mesh(jax.devices()[:1]),
-  )
-  moved = jax.tree.map(lambda x, y: float(np.max(np.abs(x - y))), state_1.params, jax.device_get(state_0.params))
-  assert max(jax.tree.leaves(moved)) > 1e-4
-
-
-def test_first_loss_is_near_uniform_value():
-  """At init the projections are nearly random: loss ~ 2 ln(2N - 1) (REFERENCE §1)."""
-  config = _tiny_config()
-  _, metrics = _one_step(config, jax.devices(), _batch(1))
+  _assert_trees_close(state_8.params, state_1.params, rtol=1e-5)
+  _assert_trees_close(state_8.batch_stats, state_1.batch_stats, rtol=1e-5)
+  _assert_trees_close(state_8.opt_state, state_1.opt_state, rtol=1e-5)
+  # The steps changed the model: the comparison would pass trivially on a no-op step otherwise.
+  moved = jax.tree.map(lambda x, y: float(np.max(np.abs(x - y))), state_1.params, initial)
+  assert max(jax.tree.leaves(moved)) > 1e-3
+  # At init the projections are nearly random: loss ~ 2 ln(2N - 1) (REFERENCE §1).
   uniform = 2 * np.log(2 * GLOBAL_BATCH - 1)
-  assert abs(metrics[0]['contrastive_loss'] - uniform) < 0.5
-  assert metrics[0]['learning_rate'] > 0
+  assert abs(metrics_1[0]['contrastive_loss'] - uniform) < 0.5
+  assert metrics_1[0]['learning_rate'] > 0
