@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from simclr_jax.models.simclr import SimCLRModel
 
@@ -16,6 +17,9 @@ FIXTURES = pathlib.Path('/work/shared/fixtures/official_tf2')
 # Tiny ResNet-18-style net: 64 features, 8x8 images through the CIFAR stem.
 TINY = dict(depth=18, width_multiplier=0.125, blocks_per_stage=(1, 1, 1, 1), cifar_stem=True,
             proj_out_dim=16, num_classes=5)  # fmt: skip
+
+# Tests compile many small programs once each: skip XLA's slow CPU backend optimisations.
+_jit = functools.partial(jax.jit, compiler_options={'xla_backend_optimization_level': 0})
 
 
 def _images(batch=4, size=8, seed=0):
@@ -26,10 +30,10 @@ def _images(batch=4, size=8, seed=0):
 def tiny_variables():
   model = SimCLRModel(**TINY)
   key = jax.random.key(0, impl='unsafe_rbg')  # threefry init compiles slowly on CPU
-  return jax.jit(lambda x: model.init(key, x, train=False))(_images())
+  return _jit(lambda x: model.init(key, x, train=False))(_images())
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
+@functools.partial(_jit, static_argnums=(0, 3))
 def _apply(model, variables, images, train):
   return model.apply(variables, images, train=train, mutable=['batch_stats', 'intermediates'])
 
@@ -68,7 +72,6 @@ def test_selector_minus_one_reads_the_projection():
 
 
 def test_probe_does_not_train_the_encoder_during_pretraining(tiny_variables):
-  @functools.partial(jax.jit, static_argnums=0)
   def grads(model, params):
     def loss(params):
       out, _ = model.apply({**tiny_variables, 'params': params}, _images(), train=True,
@@ -77,13 +80,22 @@ def test_probe_does_not_train_the_encoder_during_pretraining(tiny_variables):
 
     return jax.grad(loss)(params)
 
+  # One compile for both: XLA shares the forward pass.
+  both = _jit(lambda p: [grads(SimCLRModel(**TINY, supervised_head_stop_gradient=stop), p)
+                            for stop in (True, False)])  # fmt: skip
+  frozen, finetune = both(tiny_variables['params'])
   norm = lambda tree: sum(float(jnp.abs(x).sum()) for x in jax.tree.leaves(tree))
-  frozen = grads(SimCLRModel(**TINY), tiny_variables['params'])
   assert norm(frozen['encoder']) == 0.0
   assert norm(frozen['head_supervised']) > 0.0
-  finetune = grads(SimCLRModel(**TINY, supervised_head_stop_gradient=False),
-                   tiny_variables['params'])
   assert norm(finetune['encoder']) > 0.0
+
+
+def test_encoder_basic_blocks_start_with_zero_gamma_on_their_last_bn(tiny_variables):
+  flat = traverse_util.flatten_dict(tiny_variables['params']['encoder'], sep='/')
+  scales = {k: v for k, v in flat.items() if k.endswith('/scale')}
+  zero = sorted(k for k, v in scales.items() if not np.any(v))
+  assert zero == [f'stage{g}/block_0/bn_1/scale' for g in range(1, 5)]
+  assert all(np.all(v == 1) for k, v in scales.items() if k not in zero)
 
 
 def test_bf16_model_keeps_float32_params_and_outputs(tiny_variables):
