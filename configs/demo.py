@@ -21,7 +21,8 @@ def get_config():
   config.data.use_blur = False
   config.data.shuffle_buffer_multiplier = 10
   config.model.depth = 18
-  config.model.width_multiplier = 0.25  # Tiny: 16..128 channels, ~0.7M parameters.
+  config.model.blocks_per_stage = (1, 1, 1, 1)  # Tiny: one basic block per group.
+  config.model.width_multiplier = 0.25  # 16..128 channels, about 0.3M parameters.
   config.optim.optimizer = 'lars'
   config.optim.learning_rate = 1.0  # CIFAR recipe (linear scaling: 0.5 at batch 128).
   config.optim.weight_decay = 1e-4

@@ -6,6 +6,7 @@ Without --workdir the run goes to workdirs/<config.name>. Rerunning the same com
 the newest checkpoint in the workdir.
 """
 
+import logging as python_logging
 import os
 
 from absl import app, flags, logging
@@ -19,6 +20,16 @@ _WORKDIR = flags.DEFINE_string(
 flags.mark_flags_as_required(['config'])
 
 
+class _QuietLibraries(python_logging.Filter):
+  """Drops INFO chatter of orbax/tfds (dozens of lines per checkpoint); keeps their warnings."""
+
+  NOISY = ('/orbax/', '/tensorflow_datasets/', '/clu/metric_writers/summary_writer')
+
+  def filter(self, record: python_logging.LogRecord) -> bool:
+    noisy = any(part in record.pathname for part in self.NOISY)
+    return record.levelno >= python_logging.WARNING or not noisy
+
+
 def default_workdir(config_name: str) -> str:
   return os.path.join('workdirs', config_name)
 
@@ -27,6 +38,7 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   config = _CONFIG.value
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   # Imported after flag parsing so `--help` stays fast and JAX sees the final environment.
   import jax
 

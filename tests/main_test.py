@@ -1,0 +1,75 @@
+"""End to end: the demo config pretrains, checkpoints, logs, evaluates and resumes."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs import demo as demo_lib
+from simclr_jax import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _small_demo():
+  config = demo_lib.get_config()
+  config.train.train_steps = 6
+  config.train.global_batch_size = 32
+  config.train.log_every_steps = 2
+  config.train.checkpoint_every_steps = 4
+  config.train.eval_batch_size = 64  # 200 test images: 4 batches, the last one padded.
+  config.model.width_multiplier = 0.125
+  return config
+
+
+@pytest.mark.slow
+def test_demo_trains_checkpoints_and_resumes(tmp_path):
+  workdir = str(tmp_path / 'demo')
+  results = train.train_and_evaluate(_small_demo(), workdir)
+  assert results['steps'] == 6 and results['resumed_from_step'] == 0
+  assert results['eval_num_examples'] == 200  # Exact: padding is masked out.
+  assert 0.0 <= results['eval_top1'] <= results['eval_top5'] <= 1.0
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['4', '6']
+  assert glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))
+  with open(os.path.join(workdir, 'results.json')) as f:
+    assert json.load(f)['config']['name'] == 'demo'
+
+  # Rerunning the same config resumes from the final checkpoint instead of starting over.
+  again = train.train_and_evaluate(_small_demo(), workdir)
+  assert again['resumed_from_step'] == 6
+  assert again['eval_top1'] == results['eval_top1']
+
+  # A longer run continues from step 6 and saves its new final step.
+  longer = _small_demo()
+  longer.train.train_steps = 8
+  resumed = train.train_and_evaluate(longer, workdir)
+  assert resumed['resumed_from_step'] == 6
+  assert '8' in os.listdir(os.path.join(workdir, 'checkpoints'))
+
+
+def _run_main(*args):
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  return subprocess.run(
+    [sys.executable, '-m', 'simclr_jax.main', '--config=configs/demo.py', *args],
+    cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+  )
+
+
+@pytest.mark.parametrize(
+  'override,field',
+  [
+    ('--config.train.temperature=-1', 'train.temperature'),
+    ('--config.data.dataset=imagenet3000', 'data.dataset'),
+    ('--config.model.depth=19', 'model.depth'),
+  ],
+)
+def test_cli_rejects_bad_config_in_one_line(tmp_path, override, field):
+  proc = _run_main(f'--workdir={tmp_path}', override)
+  assert proc.returncode != 0
+  error_lines = [line for line in proc.stderr.splitlines() if field in line]
+  assert error_lines, proc.stderr[-2000:]
+  assert 'Traceback' not in proc.stderr
+  assert not os.path.exists(tmp_path / 'checkpoints')  # Failed before building anything.
