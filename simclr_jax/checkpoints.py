@@ -20,12 +20,10 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), CHECKPOINT_SUBDIR)
 
 
-def make_manager(
-  workdir: str, *, keep: int, save_every_steps: int, asynchronous: bool = True
-) -> ocp.CheckpointManager:
+def make_manager(workdir: str, *, keep: int, asynchronous: bool = True) -> ocp.CheckpointManager:
+  """The loop decides when to save (every K steps and at the end); the manager keeps `keep`."""
   options = ocp.CheckpointManagerOptions(
     max_to_keep=keep,
-    save_interval_steps=save_every_steps,
     enable_async_checkpointing=asynchronous,
     create=True,
   )
@@ -39,14 +37,12 @@ def save(
   step: int,
   state: Any,
   meta: dict[str, Any],
-  *,
-  force: bool = False,
 ) -> bool:
-  """Saves `state` at `step` if the manager's interval says so (or `force`)."""
+  """Saves `state` at `step` (asynchronously; `manager.wait_until_finished()` to block)."""
   return manager.save(
     step,
     args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-    force=force,
+    force=True,
   )
 
 

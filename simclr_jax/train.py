@@ -183,9 +183,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   tx, schedule, total_steps = build_optimizer(config, abstract_params, train_data.num_examples)
   state = init_state(model, tx, config.data.image_size, config.seed, mesh)
 
-  manager = checkpoints.make_manager(
-    workdir, keep=config.train.keep_checkpoints, save_every_steps=config.train.checkpoint_every_steps
-  )
+  manager = checkpoints.make_manager(workdir, keep=config.train.keep_checkpoints)
   restored = checkpoints.restore_latest(manager, checkpoints.abstract_like(state))
   if restored is not None:
     state, meta = restored
@@ -232,10 +230,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       history, last_logged = [], step
     if config.train.eval_every_steps and step % config.train.eval_every_steps == 0:
       writer.write_scalars(step, _prefixed('eval', evaluate(eval_step, state, eval_data, mesh)))
-    checkpoints.save(manager, step, state, checkpoints.run_meta(config, step))
-
-  if manager.latest_step() != total_steps:
-    checkpoints.save(manager, total_steps, state, checkpoints.run_meta(config, total_steps), force=True)
+    if step % config.train.checkpoint_every_steps == 0 or step == total_steps:
+      checkpoints.save(manager, step, state, checkpoints.run_meta(config, step))
   manager.wait_until_finished()
 
   results: dict[str, Any] = {'stage': 'pretrain', 'steps': total_steps}

@@ -83,13 +83,12 @@ def validate_data(data: ml_collections.ConfigDict, model: ml_collections.ConfigD
 
 
 def validate_model(model: ml_collections.ConfigDict) -> None:
-  if model.blocks_per_stage is None:
-    _require(
-      model.depth in SUPPORTED_DEPTHS,
-      f'model.depth={model.depth} is not supported; use one of {SUPPORTED_DEPTHS} '
-      '(or give model.blocks_per_stage)',
-    )
-  else:
+  _require(
+    model.depth in SUPPORTED_DEPTHS,
+    f'model.depth={model.depth} is not supported; use one of {SUPPORTED_DEPTHS} '
+    '(with model.blocks_per_stage set, the depth only picks basic (18, 34) or bottleneck blocks)',
+  )
+  if model.blocks_per_stage is not None:
     blocks = tuple(model.blocks_per_stage)
     _require(
       len(blocks) == 4 and all(isinstance(b, int) and b >= 1 for b in blocks),

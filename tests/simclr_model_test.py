@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+import shared_paths
 from simclr_jax.models.simclr import SimCLRModel
 
-FIXTURES = pathlib.Path('/work/shared/fixtures/official_tf2')
+FIXTURES = shared_paths.OFFICIAL_TF2_FIXTURES
 # Tiny ResNet-18-style net: 64 features, 8x8 images through the CIFAR stem.
 TINY = dict(depth=18, width_multiplier=0.125, blocks_per_stage=(1, 1, 1, 1), cifar_stem=True,
             proj_out_dim=16, num_classes=5)  # fmt: skip

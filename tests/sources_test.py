@@ -8,9 +8,10 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
+import shared_paths
 from simclr_jax.data import sources
 
-SHARED_CIFAR10 = '/work/shared/data/cifar10'
+SHARED_CIFAR10 = str(shared_paths.CIFAR10)
 CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
 
 

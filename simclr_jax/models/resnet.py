@@ -18,7 +18,7 @@ Parameter tree (`params` and `batch_stats` share it; `{i}` counts from 0 in call
 
 Official layers are numbered in creation order, which inside a block is: shortcut conv/BN first,
 then the main path in the order above (for SK: conv_0, bn_0, sk_conv/{conv_0, bn_0, conv_1, bn_1,
-conv_2}, conv_2, bn_2). Mapping the fixtures in /work/shared/fixtures/official_tf2 by that order
+conv_2}, conv_2, bn_2). Mapping the fixtures in ../shared/fixtures/official_tf2 by that order
 reproduces every official endpoint: relative error < 2e-6 in eval mode, < 7e-4 in train mode.
 
 Endpoints sown into `intermediates` under the official names (each a 1-tuple, flax convention):
