@@ -9,6 +9,7 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
@@ -74,3 +75,51 @@ def abstract_like(tree: Any) -> Any:
 def run_meta(config: ml_collections.ConfigDict, step: int, **extra: Any) -> dict[str, Any]:
   """The JSON record saved beside each checkpoint: step, config and anything else."""
   return {'step': int(step), 'config': json.loads(config.to_json_best_effort()), **extra}
+
+
+def _read_only_manager(workdir: str) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+  return ocp.CheckpointManager(
+    checkpoint_dir(workdir), options=options, item_names=('state', 'meta')
+  )
+
+
+def restore_variables(workdir: str) -> tuple[Any, Any, dict[str, Any]]:
+  """(params, batch_stats, meta) of the newest checkpoint in `workdir`, as host NumPy arrays.
+
+  This is how a stage initialises from another stage's (or an imported) checkpoint: only the
+  model variables are read, never the optimizer state.
+  """
+  directory = checkpoint_dir(workdir)
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(
+      f'{directory} does not exist; run the stage that writes it first or point init_from at a '
+      'stage workdir holding checkpoints/'
+    )
+  manager = _read_only_manager(workdir)
+  step = manager.latest_step()
+  if step is None:
+    raise FileNotFoundError(f'{directory} holds no finished checkpoint; rerun the stage that writes it')
+  restored = manager.restore(
+    step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(), meta=ocp.args.JsonRestore())
+  )
+  state = jax.device_get(restored['state'])
+  logging.info('Read params and batch_stats of step %d from %s', step, directory)
+  meta = dict(restored['meta'] or {})
+  meta.setdefault('step', step)
+  return state['params'], state.get('batch_stats', {}), meta
+
+
+def save_variables(
+  workdir: str, params: Any, batch_stats: Any, meta: dict[str, Any], step: int = 0
+) -> str:
+  """Writes a checkpoint holding only model variables (e.g. an imported model); returns its path.
+
+  `restore_variables` and every stage's init read it exactly like a checkpoint of ours.
+  """
+  manager = make_manager(workdir, keep=1, asynchronous=False)
+  state = {'step': np.asarray(step, np.int32), 'params': params, 'batch_stats': batch_stats}
+  save(manager, step, state, meta)
+  manager.wait_until_finished()
+  manager.close()
+  return os.path.join(checkpoint_dir(workdir), str(step))

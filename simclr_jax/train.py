@@ -227,9 +227,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       _check_finite(summary, last_logged + 1, step)
       summary['epoch'] = step / steps_per_epoch
       writer.write_scalars(step, summary)
+      _append_jsonl(workdir, {'step': step, **summary})
       history, last_logged = [], step
     if config.train.eval_every_steps and step % config.train.eval_every_steps == 0:
-      writer.write_scalars(step, _prefixed('eval', evaluate(eval_step, state, eval_data, mesh)))
+      eval_metrics = _prefixed('eval', evaluate(eval_step, state, eval_data, mesh))
+      writer.write_scalars(step, eval_metrics)
+      _append_jsonl(workdir, {'step': step, **eval_metrics})
     if step % config.train.checkpoint_every_steps == 0 or step == total_steps:
       checkpoints.save(manager, step, state, checkpoints.run_meta(config, step))
   manager.wait_until_finished()
@@ -239,6 +242,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if config.train.eval_at_end and eval_data is not None:
     eval_results = evaluate(eval_step, state, eval_data, mesh)
     writer.write_scalars(total_steps, _prefixed('eval', eval_results))
+    _append_jsonl(workdir, {'step': total_steps, **_prefixed('eval', eval_results)})
     results.update({f'eval_{k}': v for k, v in eval_results.items()})
   results['wall_time_s'] = time.time() - start_time
   results['resumed_from_step'] = start_step
@@ -259,3 +263,13 @@ def _flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """Config as flat scalars (`model.depth`: 50) for TensorBoard's hparams view."""
   flat = flax.traverse_util.flatten_dict(json.loads(config.to_json_best_effort()), sep='.')
   return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat.items()}
+
+
+METRICS_FILE = 'metrics.jsonl'
+
+
+def _append_jsonl(workdir: str, record: dict[str, Any]) -> None:
+  """One JSON object per logged step in workdir/metrics.jsonl: easy to read and plot."""
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, METRICS_FILE), 'a') as f:
+      f.write(json.dumps({k: (float(v) if k != 'step' else int(v)) for k, v in record.items()}) + '\n')
