@@ -15,6 +15,9 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.name = 'default'  # Run name; the default workdir is workdirs/<name>.
   config.seed = 0  # Root of every random draw: init, data order, augmentations.
+  # Stages run in order, each in workdir/<stage>/: 'pretrain', 'finetune', 'distill', and
+  # 'supervised' (the finetune recipe from scratch: the baseline that shows what pretraining bought).
+  config.stages = ('pretrain',)
 
   # ---- Data -------------------------------------------------------------------------------
   config.data = data = ml_collections.ConfigDict()
@@ -68,6 +71,53 @@ def get_config() -> ml_collections.ConfigDict:
   train.eval_at_end = True  # Evaluate the probe on the eval split at the end.
   train.eval_every_steps = 0  # If > 0, also evaluate every N steps.
   train.eval_batch_size = 256  # Global eval batch (padded and masked, so any size works).
+
+  # ---- kNN monitor (pretraining) ----------------------------------------------------------
+  config.knn = knn = ml_collections.ConfigDict()
+  knn.enabled = True  # kNN top-1 of encoder features (train split vs eval split) at the end.
+  knn.every_steps = 0  # If > 0, also every N steps.
+  knn.k = 200  # Neighbours (cosine similarity).
+  knn.temperature = 0.1  # Vote weight exp(similarity / temperature).
+  knn.max_train_examples = 50_000  # Memory bank size cap (first N of the train split).
+
+  # ---- Fine-tuning on few labels (stage 'finetune'; 'supervised' uses the same data) -------
+  config.finetune = finetune = ml_collections.ConfigDict()
+  finetune.init_from = ''  # Stage workdir to restore encoder + head from; '' = workdir/pretrain.
+  finetune.dataset = ''  # Labelled dataset, e.g. 'imagenet2012_subset/10pct'; '' = data.dataset.
+  finetune.label_fraction = 0.1  # Class-balanced fraction of the train split (in (0, 1]).
+  finetune.examples_per_class = 0  # If > 0, exactly this many labelled images per class instead.
+  finetune.fine_tune_after_block = -1  # -1 all layers; k: freeze stem..group k; 4 = linear eval.
+  finetune.ft_proj_selector = 1  # SimCLRv2: the classifier sits on the first head layer.
+  finetune.zero_init_logits_layer = True  # Official: zero the new classifier after restoring.
+  finetune.global_bn = True  # Cross-replica BN while fine-tuning (linear eval recipe: False).
+  finetune.optim = ml_collections.ConfigDict(dict(  # Official ImageNet 1 % recipe (README).
+    optimizer='lars', learning_rate=0.005, learning_rate_scaling='sqrt', warmup_epochs=0.0,
+    weight_decay=0.0, momentum=0.9, trust_coefficient=1e-3))
+  finetune.train = ml_collections.ConfigDict(dict(
+    global_batch_size=1024, train_epochs=60, train_steps=0))
+
+  # ---- Supervised baseline (stage 'supervised': finetune data and model, no restore) --------
+  config.supervised = supervised = ml_collections.ConfigDict()
+  supervised.optim = ml_collections.ConfigDict(dict(
+    optimizer='lars', learning_rate=0.1, learning_rate_scaling='linear', warmup_epochs=5.0,
+    weight_decay=1e-4, momentum=0.9, trust_coefficient=1e-3))
+  supervised.train = ml_collections.ConfigDict(dict(
+    global_batch_size=1024, train_epochs=90, train_steps=0))
+
+  # ---- Distillation (stage 'distill') -----------------------------------------------------
+  config.distill = distill = ml_collections.ConfigDict()
+  distill.teacher_workdir = ''  # Fine-tuned teacher's stage workdir; '' = workdir/finetune.
+  distill.student_init_from = ''  # '' = from scratch; 'pretrain' = this run's; or a stage workdir.
+  distill.temperature = 1.0  # tau of softmax(teacher / tau) and log_softmax(student / tau).
+  distill.label_weight = 0.0  # alpha: weight of the labelled cross-entropy (labelled subset only).
+  distill.student = ml_collections.ConfigDict(dict(  # None = same as the teacher (self-distill).
+    depth=config_dict.placeholder(int), width_multiplier=config_dict.placeholder(float),
+    sk_ratio=config_dict.placeholder(float), blocks_per_stage=config_dict.placeholder(tuple)))
+  distill.optim = ml_collections.ConfigDict(dict(
+    optimizer='lars', learning_rate=0.1, learning_rate_scaling='linear', warmup_epochs=5.0,
+    weight_decay=1e-4, momentum=0.9, trust_coefficient=1e-3))
+  distill.train = ml_collections.ConfigDict(dict(
+    global_batch_size=1024, train_epochs=100, train_steps=0))
 
   # ---- Multi-host -------------------------------------------------------------------------
   config.distributed = distributed = ml_collections.ConfigDict()

@@ -123,3 +123,42 @@ def save_variables(
   manager.wait_until_finished()
   manager.close()
   return os.path.join(checkpoint_dir(workdir), str(step))
+
+
+def merge_restored(
+  fresh: Any, restored: Any, *, prefixes: tuple[str, ...], source: str, what: str = 'params'
+) -> Any:
+  """`fresh` with every leaf under `prefixes` replaced by the restored one.
+
+  Raises ValueError listing every missing, unexpected or mis-shaped variable under `prefixes`,
+  so restoring into a different architecture never silently keeps a fresh initialisation.
+  """
+  from flax import traverse_util  # Local: keeps this module light for CLI imports.
+
+  fresh_flat = traverse_util.flatten_dict(fresh, sep='/')
+  restored_flat = traverse_util.flatten_dict(restored or {}, sep='/')
+
+  def wanted(key: str) -> bool:
+    return key.split('/')[0] in prefixes
+
+  problems = []
+  for key in sorted(k for k in fresh_flat if wanted(k)):
+    if key not in restored_flat:
+      problems.append(f'{key} missing')
+    elif tuple(restored_flat[key].shape) != tuple(fresh_flat[key].shape):
+      problems.append(
+        f'{key} shape {tuple(restored_flat[key].shape)} != expected {tuple(fresh_flat[key].shape)}'
+      )
+  problems += [f'{k} unexpected' for k in sorted(restored_flat) if wanted(k) and k not in fresh_flat]
+  if problems:
+    shown = '; '.join(problems[:20]) + (f'; ... ({len(problems)} in all)' if len(problems) > 20 else '')
+    raise ValueError(
+      f'{what} of {source} do not fit the configured model ({len(problems)} mismatches: {shown}); '
+      'make the config (model.depth, width_multiplier, sk_ratio, num_proj_layers, ...) match the '
+      'checkpoint'
+    )
+  merged = {
+    k: (np.asarray(restored_flat[k]).astype(v.dtype) if wanted(k) else v)
+    for k, v in fresh_flat.items()
+  }
+  return traverse_util.unflatten_dict(merged, sep='/')

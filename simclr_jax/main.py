@@ -42,7 +42,7 @@ def main(argv: list[str]) -> None:
   # Imported after flag parsing so `--help` stays fast and JAX sees the final environment.
   import jax
 
-  from simclr_jax import train, validation
+  from simclr_jax import run, validation
 
   if config.distributed.initialize:
     jax.distributed.initialize(
@@ -57,7 +57,8 @@ def main(argv: list[str]) -> None:
     validation.validate_config(config, jax.device_count(), jax.process_count())
   except validation.ConfigError as error:
     raise app.UsageError(str(error)) from None
-  train.train_and_evaluate(config, workdir)
+  all_results = run.run_stages(config, workdir)
+  print(f'\nResults in {workdir}:\n{run.results_table(all_results)}')
 
 
 if __name__ == '__main__':

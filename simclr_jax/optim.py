@@ -197,6 +197,7 @@ def create_optimizer(
   trust_coefficient: float = 1e-3,
   params: Any = None,
   exclude: Sequence[str] = ('head_supervised',),
+  trainable: Any = None,
 ) -> optax.GradientTransformation:
   """The optimizer named by `optim.optimizer`: 'lars' | 'momentum' | 'adamw'.
 
@@ -204,16 +205,26 @@ def create_optimizer(
   BatchNorm, biases and the supervised head get neither; the head's kernel is decayed through the
   loss instead). `params` may be None: the mask is then computed from the params at each update.
   For 'momentum' weight decay lives in the loss (official), so `weight_decay` is unused here.
+  `trainable` (a bool pytree like params) removes frozen parameters from decay, so that with
+  their zero (stop-gradient) gradients their update is exactly zero.
   """
+
+  def and_trainable(mask):
+    if trainable is None:
+      return mask
+    if callable(mask):
+      return lambda p: jax.tree.map(lambda a, b: bool(a) and b, mask(p), trainable)
+    return jax.tree.map(lambda a, b: bool(a) and b, mask, trainable)
+
   if name == 'lars':
     if params is None:
-      mask = lambda p: weight_decay_mask_for(p, exclude)
+      mask = and_trainable(lambda p: weight_decay_mask_for(p, exclude))
     else:
-      mask = weight_decay_mask_for(params, exclude)
+      mask = and_trainable(weight_decay_mask_for(params, exclude))
     return lars(learning_rate, weight_decay, momentum, trust_coefficient, mask, mask)
   if name == 'momentum':
     return sgd_momentum(learning_rate, momentum, nesterov=True)
   if name == 'adamw':
     # Decoupled decay on every kernel, the supervised head included: no L2 term enters the loss.
-    return adamw(learning_rate, weight_decay, mask=default_mask)
+    return adamw(learning_rate, weight_decay, mask=and_trainable(default_mask))
   raise ValueError(f'optim.optimizer={name!r} is unknown; use one of {OPTIMIZERS}')

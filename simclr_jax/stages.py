@@ -3,10 +3,14 @@
 Every stage runs through the same loop in `train.py`; it differs only in the loss function built
 here. A loss function has the signature
 
-    loss_fn(params, batch_stats, batch) -> (loss, (new_batch_stats, metrics))
+    loss_fn(params, batch_stats, batch, aux) -> (loss, (new_batch_stats, metrics))
 
 and runs inside `jax.shard_map` over the `data` mesh axis: `batch` is this device's slice,
-returned loss and metrics are global-batch means (pmean over the axis).
+returned loss and metrics are global-batch means (pmean over the axis). `aux` holds replicated
+extra inputs (the frozen teacher's variables when distilling, else None).
+
+Which parameters train is a boolean pytree (`trainable_mask`); frozen ones enter the loss
+through `stop_gradient`, so their gradients are zero and no backward pass runs through them.
 """
 
 from typing import Any, Callable
@@ -18,7 +22,8 @@ import jax.numpy as jnp
 from simclr_jax import losses
 from simclr_jax.sharding import DATA_AXIS
 
-LossFn = Callable[[Any, Any, dict[str, jax.Array]], tuple[jax.Array, tuple[Any, dict]]]
+LossFn = Callable[[Any, Any, dict[str, jax.Array], Any], tuple[jax.Array, tuple[Any, dict]]]
+STAGES = ('pretrain', 'finetune', 'distill', 'supervised')
 
 
 def _path_names(path: tuple) -> list[str]:
@@ -72,7 +77,8 @@ def pretrain_loss_fn(
 ) -> LossFn:
   """NT-Xent on the two views, plus the linear probe on stop-gradient features (REFERENCE §4)."""
 
-  def loss_fn(params, batch_stats, batch):
+  def loss_fn(params, batch_stats, batch, aux=None):
+    del aux
     views = jnp.concatenate([batch['view_a'], batch['view_b']])  # [2B, H, W, 3]
     out, updates = model.apply(
       {'params': params, 'batch_stats': batch_stats}, views, train=True, mutable=['batch_stats']
@@ -86,14 +92,122 @@ def pretrain_loss_fn(
       probe = _probe_metrics(out['logits_sup'], labels)
       loss = loss + probe['probe_loss']
       metrics.update(probe)
-    if weight_decay > 0:
-      loss = loss + weight_decay * losses.l2_loss(l2_regularised_params(params, optimizer))
-    new_batch_stats = updates['batch_stats']
-    if not global_bn:
-      # Per-device statistics; the moving averages are averaged like MirroredStrategy does.
-      new_batch_stats = jax.lax.pmean(new_batch_stats, DATA_AXIS)
+    loss = loss + _weight_decay_term(params, weight_decay, optimizer)
     metrics['total_loss'] = loss
-    return loss, (new_batch_stats, metrics)
+    return loss, (_finish_batch_stats(updates, global_bn), metrics)
+
+  return loss_fn
+
+
+def trainable_mask(
+  params: Any, stage: str, *, fine_tune_after_block: int = -1, ft_proj_selector: int = 0,
+  num_proj_layers: int = 0,
+) -> Any:
+  """Bool pytree: which parameters a stage trains (official `fine_tune_after_block`, §6).
+
+  Pretraining trains everything. Fine-tuning trains the encoder groups after
+  `fine_tune_after_block` (0 = stem, 1..4 = block groups; 4 = linear eval, only the classifier),
+  the projection-head layers below `ft_proj_selector` (TF2 keeps them trainable; frozen too when
+  the encoder is, i.e. at 4), and the classifier. Head layers above the selector are unused
+  outside pretraining and stay frozen (otherwise weight decay alone would move them).
+  """
+  selector = ft_proj_selector % (num_proj_layers + 1)
+  after = -1 if stage in ('pretrain', 'distill', 'supervised') else fine_tune_after_block
+
+  def block_of(names: list[str]) -> int:
+    if 'stem' in names:
+      return 0
+    for name in names:
+      if name.startswith('stage') and name[5:].isdigit():
+        return int(name[5:])
+    return 0
+
+  def trains(path, leaf) -> bool:
+    del leaf
+    names = _path_names(path)
+    if stage == 'pretrain' or names[0] == 'head_supervised':
+      return True
+    if names[0] == 'encoder':
+      return block_of(names) > after
+    if names[0] == 'projection_head':
+      layer = int(next(n for n in names if n.startswith('nl_'))[3:])
+      return layer < selector and after < 4
+    return True
+
+  return jax.tree_util.tree_map_with_path(trains, params)
+
+
+def _freeze(params: Any, mask: Any) -> Any:
+  return jax.tree.map(lambda p, m: p if m else jax.lax.stop_gradient(p), params, mask)
+
+
+def _weight_decay_term(params, weight_decay: float, optimizer: str) -> jax.Array:
+  if weight_decay <= 0:
+    return jnp.zeros((), jnp.float32)
+  return weight_decay * losses.l2_loss(l2_regularised_params(params, optimizer))
+
+
+def _finish_batch_stats(updates: dict, global_bn: bool) -> Any:
+  if global_bn:
+    return updates['batch_stats']
+  # Per-device statistics; the moving averages are averaged like MirroredStrategy does.
+  return jax.lax.pmean(updates['batch_stats'], DATA_AXIS)
+
+
+def finetune_loss_fn(
+  model: nn.Module, *, mask: Any, weight_decay: float, optimizer: str, global_bn: bool
+) -> LossFn:
+  """Cross-entropy of the classifier on labelled crop+flip views (finetune, supervised)."""
+
+  def loss_fn(params, batch_stats, batch, aux=None):
+    del aux
+    params = _freeze(params, mask)
+    out, updates = model.apply(
+      {'params': params, 'batch_stats': batch_stats}, batch['image'], train=True,
+      mutable=['batch_stats'],
+    )
+    metrics = _probe_metrics(out['logits_sup'], batch['label'])
+    metrics = {'supervised_loss': metrics['probe_loss'], 'train_accuracy': metrics['probe_accuracy']}
+    loss = metrics['supervised_loss'] + _weight_decay_term(params, weight_decay, optimizer)
+    metrics['total_loss'] = loss
+    return loss, (_finish_batch_stats(updates, global_bn), metrics)
+
+  return loss_fn
+
+
+def distill_loss_fn(
+  student: nn.Module, teacher: nn.Module, *, mask: Any, temperature: float, label_weight: float,
+  weight_decay: float, optimizer: str, global_bn: bool,
+) -> LossFn:
+  """-sum softmax(teacher / tau) log_softmax(student / tau), plus alpha x labelled CE.
+
+  The teacher runs frozen in inference mode; its variables arrive as `aux` (replicated), so
+  they are an input of the compiled step rather than constants baked into it.
+  """
+
+  def loss_fn(params, batch_stats, batch, aux):
+    teacher_out = teacher.apply(aux, batch['image'], train=False)
+    teacher_logits = jax.lax.stop_gradient(teacher_out['logits_sup'])
+    params = _freeze(params, mask)
+    out, updates = student.apply(
+      {'params': params, 'batch_stats': batch_stats}, batch['image'], train=True,
+      mutable=['batch_stats'],
+    )
+    distill = jax.lax.pmean(
+      losses.distillation_loss(out['logits_sup'], teacher_logits, temperature), DATA_AXIS
+    )
+    agreement = jax.lax.pmean(
+      jnp.mean(jnp.argmax(out['logits_sup'], -1) == jnp.argmax(teacher_logits, -1)), DATA_AXIS
+    )
+    metrics = {'distill_loss': distill, 'teacher_agreement': agreement}
+    loss = distill
+    if label_weight > 0:
+      labelled = _probe_metrics(out['logits_sup'], batch['label'])
+      loss = loss + label_weight * labelled['probe_loss']
+      metrics['labelled_loss'] = labelled['probe_loss']
+    loss = loss + _weight_decay_term(params, weight_decay, optimizer)
+    metrics['total_loss'] = loss
+    return loss, (_finish_batch_stats(updates, global_bn), metrics)
 
   return loss_fn
 

@@ -2,6 +2,10 @@
 
 Each host builds its own share of every global batch (`global_batch_size / process_count`
 images); `sharding.global_batch_from_host` assembles the global array on the mesh.
+
+Per stage: pretraining sees two SimCLR views of every train image; fine-tuning (and the
+supervised baseline) one crop+flip view of the labelled subset; distillation one crop+flip view
+of every train image, labels kept only for the labelled subset.
 """
 
 import dataclasses
@@ -12,47 +16,77 @@ import jax
 import ml_collections
 import numpy as np
 
-from simclr_jax.data import pipeline, sources
+from simclr_jax.data import pipeline, sources, subsets
+
+Batches = Iterator[dict[str, np.ndarray]]
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainData:
-  num_examples: int  # In the whole training split (all hosts).
+  num_examples: int  # In the (sub)set trained on, all hosts.
   num_classes: int
   class_names: tuple[str, ...]
-  # start_step -> infinite iterator of host batches, continuing exactly where step left off.
-  make_iterator: Callable[[int], Iterator[dict[str, np.ndarray]]]
+  make_iterator: Callable[[int], Batches]  # start_step -> infinite host batches from that step.
 
-  def batches(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+  def batches(self, start_step: int = 0) -> Batches:
     return self.make_iterator(start_step)
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalData:
   num_examples: int
-  make_iterator: Callable[[], Iterator[dict[str, np.ndarray]]]
+  num_classes: int
+  make_iterator: Callable[[], Batches]  # Finite, in order, padded; 'mask' marks real examples.
 
-  def batches(self) -> Iterator[dict[str, np.ndarray]]:
+  def batches(self) -> Batches:
     return self.make_iterator()
 
 
-def _load(config: ml_collections.ConfigDict, split: str) -> sources.Source:
+def _hosts() -> dict[str, int]:
+  return {'process_index': jax.process_index(), 'process_count': jax.process_count()}
+
+
+def load_source(config: ml_collections.ConfigDict, split: str, dataset: str = '') -> sources.Source:
   data = config.data
   return sources.load(
-    data.dataset,
-    split,
-    folder=data.folder,
-    data_dir=data.tfds_data_dir,
-    process_index=jax.process_index(),
-    process_count=jax.process_count(),
+    dataset or data.dataset, split, folder=data.folder, data_dir=data.tfds_data_dir, **_hosts()
   )
 
 
-def make_pretrain_data(config: ml_collections.ConfigDict) -> TrainData:
-  source = _load(config, config.data.train_split)
-  host_batch_size = config.train.global_batch_size // jax.process_count()
+def is_official_subset(dataset: str) -> bool:
+  return dataset.startswith('imagenet2012_subset')
 
-  def make_iterator(start_step: int) -> Iterator[dict[str, np.ndarray]]:
+
+def labelled_indices(config: ml_collections.ConfigDict) -> np.ndarray:
+  """Indices (in the train split) of the class-balanced labelled subset of `config.finetune`."""
+  labels = subsets.split_labels(
+    config.data.dataset, config.data.train_split, folder=config.data.folder,
+    data_dir=config.data.tfds_data_dir,
+  )
+  return subsets.balanced_subset(
+    labels, seed=config.seed, fraction=config.finetune.label_fraction,
+    per_class=config.finetune.examples_per_class,
+  )
+
+
+def labelled_source(config: ml_collections.ConfigDict) -> sources.Source:
+  """The fine-tuning set: an official tfds subset, or a balanced subset of the train split."""
+  dataset = config.finetune.dataset or config.data.dataset
+  source = load_source(config, config.data.train_split, dataset)
+  if is_official_subset(dataset):
+    return source
+  return subsets.restrict(source, labelled_indices(config), **_hosts())
+
+
+def _host_batch(global_batch_size: int) -> int:
+  return global_batch_size // jax.process_count()
+
+
+def make_pretrain_data(config: ml_collections.ConfigDict) -> TrainData:
+  source = load_source(config, config.data.train_split)
+  host_batch_size = _host_batch(config.train.global_batch_size)
+
+  def make_iterator(start_step: int) -> Batches:
     dataset = pipeline.make_pretrain_dataset(
       source.dataset,
       seed=config.seed,
@@ -71,16 +105,59 @@ def make_pretrain_data(config: ml_collections.ConfigDict) -> TrainData:
   return TrainData(source.num_examples, source.num_classes, source.class_names, make_iterator)
 
 
-def make_eval_data(config: ml_collections.ConfigDict) -> EvalData:
-  source = _load(config, config.data.eval_split)
-  host_batch_size = config.train.eval_batch_size // jax.process_count()
+def _crop_flip_data(config: ml_collections.ConfigDict, source: sources.Source) -> TrainData:
+  host_batch_size = _host_batch(config.train.global_batch_size)
+
+  def make_iterator(start_step: int) -> Batches:
+    dataset = pipeline.make_finetune_dataset(
+      source.dataset,
+      seed=config.seed,
+      host_batch_size=host_batch_size,
+      image_size=config.data.image_size,
+      shuffle_buffer=config.data.shuffle_buffer_multiplier * host_batch_size,
+      cache=config.data.cache,
+      start_batch=start_step,
+      process_index=jax.process_index(),
+    )
+    return pipeline.iterate_numpy(dataset)
+
+  return TrainData(source.num_examples, source.num_classes, source.class_names, make_iterator)
+
+
+def make_finetune_data(config: ml_collections.ConfigDict) -> TrainData:
+  """Crop + flip views of the labelled subset (finetune and supervised stages)."""
+  return _crop_flip_data(config, labelled_source(config))
+
+
+def make_distill_data(config: ml_collections.ConfigDict) -> TrainData:
+  """Crop + flip views of every train image; labels only on the labelled subset (else -1)."""
+  source = load_source(config, config.data.train_split)
+  if config.distill.label_weight > 0 and not is_official_subset(config.finetune.dataset):
+    source = subsets.hide_labels_outside(source, labelled_indices(config))
+  else:
+    source = subsets.hide_labels_outside(source, np.zeros([0], np.int64))
+  return _crop_flip_data(config, source)
+
+
+def make_eval_data(
+  config: ml_collections.ConfigDict, split: str | None = None, max_examples: int = 0
+) -> EvalData:
+  """Eval-preprocessed batches of a split (default: data.eval_split), optionally its first N."""
+  split = split or config.data.eval_split
+  source = load_source(config, split)
+  num_examples = source.num_examples
+  dataset_source = source.dataset
+  if 0 < max_examples < num_examples:
+    num_examples = max_examples
+    dataset_source = dataset_source.filter(lambda example: example['index'] < max_examples)
+  host_batch_size = _host_batch(config.train.eval_batch_size)
   # Every host runs the same number of eval steps; hosts that run out feed masked batches.
-  largest_host_share = math.ceil(source.num_examples / jax.process_count())
+  largest_host_share = math.ceil(num_examples / jax.process_count())
   num_batches = math.ceil(largest_host_share / host_batch_size)
 
-  def make_iterator() -> Iterator[dict[str, np.ndarray]]:
+  def make_iterator() -> Batches:
     dataset = pipeline.make_eval_dataset(
-      source.dataset,
+      dataset_source,
       batch_size=host_batch_size,
       image_size=config.data.image_size,
       crop_proportion=config.data.eval_crop_proportion,
@@ -89,4 +166,4 @@ def make_eval_data(config: ml_collections.ConfigDict) -> EvalData:
     )
     return pipeline.iterate_numpy(dataset)
 
-  return EvalData(source.num_examples, make_iterator)
+  return EvalData(num_examples, source.num_classes, make_iterator)

@@ -197,7 +197,7 @@ def make_eval_dataset(
   cache: bool = False,
   threadpool_size: int = 48,
 ) -> tf.data.Dataset:
-  """Finite, in-order batches {'image': float32 [B, S, S, 3], 'label': int32 [B], 'mask': [B]}.
+  """Finite, in-order batches {'image': float32 [B,S,S,3], 'label', 'index': int32 [B], 'mask'}.
 
   The last batch is padded to `batch_size` with zero images, label 0 and mask 0 (official TF1
   eval padding), so a masked sum over all batches is exact. `num_batches` pads further with
@@ -208,7 +208,12 @@ def make_eval_dataset(
 
   def preprocess(example: dict) -> dict:
     image = augment.preprocess_for_eval(_to_float(example['image']), image_size, crop_proportion)
-    return {'image': image, 'label': example['label'], 'mask': tf.constant(1.0)}
+    return {
+      'image': image,
+      'label': example['label'],
+      'index': tf.cast(example['index'], tf.int32),  # Position in the split (for ordering).
+      'mask': tf.constant(1.0),
+    }
 
   def pad(batch: dict) -> dict:
     missing = batch_size - tf.shape(batch['mask'])[0]
@@ -228,6 +233,7 @@ def make_eval_dataset(
     empty = tf.data.Dataset.from_tensors({
       'image': tf.zeros([batch_size, image_size, image_size, 3]),
       'label': tf.zeros([batch_size], tf.int32),
+      'index': tf.zeros([batch_size], tf.int32),
       'mask': tf.zeros([batch_size]),
     })
     dataset = dataset.concatenate(empty.repeat()).take(num_batches)

@@ -37,6 +37,9 @@ class SimCLRModel(nn.Module):
   bn_momentum: float = 0.9
   remat: bool = False
   block_type: str | None = None
+  # BatchNorm of the encoder and projection head in inference mode even when train=True: the
+  # linear-evaluation setting (fine_tune_after_block=4), where moving statistics must not move.
+  frozen_bn: bool = False
 
   def __post_init__(self) -> None:
     num_hiddens = self.num_proj_layers + 1
@@ -61,7 +64,7 @@ class SimCLRModel(nn.Module):
       bn_momentum=self.bn_momentum,
       remat=self.remat,
       name='encoder',
-    )(images, train)  # [N, 2048w] float32
+    )(images, train and not self.frozen_bn)  # [N, 2048w] float32
     self.sow('intermediates', 'proj_head_input', features)
     hiddens = ProjectionHead(
       num_layers=self.num_proj_layers,
@@ -70,7 +73,7 @@ class SimCLRModel(nn.Module):
       bn_axis_name=self.bn_axis_name,
       bn_momentum=self.bn_momentum,
       name='projection_head',
-    )(features, train)
+    )(features, train and not self.frozen_bn)
     hiddens = [h.astype(jnp.float32) for h in hiddens]
     projection = hiddens[-1]  # [N, proj_out_dim], before the loss's L2 normalisation
     self.sow('intermediates', 'proj_head_output', projection)

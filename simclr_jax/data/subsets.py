@@ -1,0 +1,82 @@
+"""Labelled subsets for fine-tuning: class-balanced, deterministic, the same on every host.
+
+ImageNet uses the official tfds subsets (`imagenet2012_subset/1pct`, `/10pct`: the image IDs of
+the SimCLR repo's `imagenet_subsets/*.txt`). Any other dataset gets a subset drawn here from the
+labels of the whole split: per class, a permutation from (seed, class) keeps the first
+round(fraction * class size) examples (at least 1), or exactly `per_class` of them.
+"""
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from simclr_jax.data import sources
+
+
+def split_labels(dataset: str, split: str, *, folder: str = '', data_dir: str | None = None):
+  """Labels of every example of a split, in source order (index i = example i)."""
+  if dataset in ('demo', 'folder'):
+    root = sources.demo_data_dir() if dataset == 'demo' else folder
+    _, labels, _ = sources._list_folder(root, split)  # File listing only: no decoding.
+    return np.asarray(labels, np.int64)
+  builder = tfds.builder(dataset, data_dir=data_dir)
+  labels = builder.as_dataset(
+    split=split, shuffle_files=False, decoders={'image': tfds.decode.SkipDecoding()}
+  ).map(lambda example: example['label'])
+  return np.fromiter(tfds.as_numpy(labels), np.int64)
+
+
+def balanced_subset(
+  labels: np.ndarray, *, seed: int, fraction: float | None = None, per_class: int = 0
+) -> np.ndarray:
+  """Sorted indices of a class-balanced subset of `labels` (labels < 0 are never chosen)."""
+  if per_class <= 0 and not (fraction is not None and 0 < fraction <= 1):
+    raise ValueError(
+      f'finetune.label_fraction={fraction} is outside (0, 1] and finetune.examples_per_class='
+      f'{per_class}; set one of them'
+    )
+  chosen = []
+  for label in np.unique(labels[labels >= 0]):
+    members = np.flatnonzero(labels == label)
+    rng = np.random.default_rng([seed, int(label)])
+    order = rng.permutation(members)
+    count = per_class if per_class > 0 else max(1, int(round(fraction * len(members))))
+    chosen.append(order[: min(count, len(members))])
+  return np.sort(np.concatenate(chosen)) if chosen else np.zeros([0], np.int64)
+
+
+def restrict(source: sources.Source, indices: np.ndarray, process_index: int, process_count: int):
+  """The examples of `source` whose index is in `indices` (keeps each host's share)."""
+  keep = np.zeros([source.num_examples], bool)
+  keep[indices] = True
+  keep_table = tf.constant(keep)
+  host_count = int(np.sum(indices % process_count == process_index))
+  dataset = source.dataset.filter(lambda example: tf.gather(keep_table, example['index']))
+  # Known cardinality lets the pipeline resume by arithmetic instead of re-reading.
+  dataset = dataset.apply(tf.data.experimental.assert_cardinality(host_count))
+  return sources.Source(
+    dataset=dataset,
+    num_examples=len(indices),
+    num_host_examples=host_count,
+    num_classes=source.num_classes,
+    class_names=source.class_names,
+  )
+
+
+def hide_labels_outside(source: sources.Source, indices: np.ndarray) -> sources.Source:
+  """All examples, with label -1 except those in `indices` (distillation's labelled part)."""
+  keep = np.zeros([source.num_examples], bool)
+  keep[indices] = True
+  keep_table = tf.constant(keep)
+
+  def relabel(example: dict) -> dict:
+    labelled = tf.gather(keep_table, example['index'])
+    return {**example, 'label': tf.where(labelled, example['label'], -1)}
+
+  return sources.Source(
+    dataset=source.dataset.map(relabel),
+    num_examples=source.num_examples,
+    num_host_examples=source.num_host_examples,
+    num_classes=source.num_classes,
+    class_names=source.class_names,
+  )

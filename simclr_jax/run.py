@@ -1,0 +1,129 @@
+"""Runs the configured stages in order: pretrain -> finetune -> distill (+ supervised baseline).
+
+Each stage lives in `workdir/<stage>/`, is resumable (rerun the command), and is skipped when
+its results.json and final checkpoint exist. A stage reads the previous stage's orbax
+checkpoint by path: finetune from `finetune.init_from` (default workdir/pretrain), distill's
+teacher from `distill.teacher_workdir` (default workdir/finetune).
+"""
+
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import logging
+
+from simclr_jax import checkpoints, train
+from simclr_jax.data import input as data_input
+
+
+def stage_config(config: ml_collections.ConfigDict, stage: str) -> ml_collections.ConfigDict:
+  """The config one stage trains with: its optimiser/schedule section replaces `optim`/`train`."""
+  derived = ml_collections.ConfigDict(config.to_dict())
+  if stage == 'pretrain':
+    return derived
+  section = {'finetune': config.finetune, 'supervised': config.supervised,
+             'distill': config.distill}[stage]
+  derived.optim.update(section.optim.to_dict())
+  derived.train.update(section.train.to_dict())
+  if stage in ('finetune', 'supervised'):
+    derived.model.ft_proj_selector = config.finetune.ft_proj_selector
+    derived.model.global_bn = config.finetune.global_bn
+  if stage == 'distill':
+    derived.model.ft_proj_selector = config.finetune.ft_proj_selector
+    for field, value in config.distill.student.items():
+      if value is not None:
+        derived.model[field] = value
+  derived.lock()
+  return derived
+
+
+def stage_workdir(workdir: str, stage: str) -> str:
+  return os.path.join(workdir, stage)
+
+
+def _is_complete(directory: str) -> bool:
+  results = os.path.join(directory, train.RESULTS_FILE)
+  if not os.path.exists(results):
+    return False
+  with open(results) as f:
+    steps = json.load(f).get('steps')
+  manager = checkpoints.make_manager(directory, keep=1)
+  return manager.latest_step() == steps
+
+
+def _restore_for(config: ml_collections.ConfigDict, stage: str, workdir: str) -> dict[str, Any]:
+  """Which variables a stage starts from (a fresh init where the dict is empty)."""
+  if stage == 'finetune':
+    source = config.finetune.init_from or stage_workdir(workdir, 'pretrain')
+    return _init_from(config, stage, source, prefixes=('encoder', 'projection_head'))
+  if stage == 'distill':
+    teacher_dir = config.distill.teacher_workdir or stage_workdir(workdir, 'finetune')
+    params, batch_stats, meta = checkpoints.restore_variables(teacher_dir)
+    teacher_config = ml_collections.ConfigDict(meta['config'])
+    num_classes = params['head_supervised']['linear_layer']['dense']['kernel'].shape[-1]
+    teacher_model = train.build_model(
+      teacher_config, num_classes, supervised_head_stop_gradient=True)
+    restore = {'teacher_model': teacher_model, 'source': teacher_dir,
+               'teacher_variables': {'params': params, 'batch_stats': batch_stats}}
+    student_source = config.distill.student_init_from
+    if student_source == 'pretrain':  # This run's own pretraining stage.
+      student_source = stage_workdir(workdir, 'pretrain')
+    if student_source:
+      restore.update(_init_from(config, stage, student_source,
+                                prefixes=('encoder', 'projection_head')))
+      restore['source'] = f'teacher {teacher_dir}, student {student_source}'
+    return restore
+  return {}
+
+
+def _init_from(config, stage: str, source: str, prefixes: tuple[str, ...]) -> dict[str, Any]:
+  """Restored encoder/head variables merged into a fresh init of the stage's model."""
+  params, batch_stats, _ = checkpoints.restore_variables(source)
+  derived = stage_config(config, stage)
+  num_classes = data_input.load_source(derived, derived.data.train_split).num_classes
+  model = train.build_model(derived, num_classes)
+  fresh = jax.jit(lambda: model.init(
+    jax.random.fold_in(jax.random.key(derived.seed), 0),
+    jnp.zeros((2, derived.data.image_size, derived.data.image_size, 3)), train=False))()
+  merged_params = checkpoints.merge_restored(fresh['params'], params, prefixes=prefixes,
+                                             source=source)
+  merged_stats = checkpoints.merge_restored(fresh.get('batch_stats', {}), batch_stats,
+                                            prefixes=prefixes, source=source, what='batch_stats')
+  if stage == 'finetune' and config.finetune.zero_init_logits_layer:
+    # Official: zero the classifier after restoring (zero_init_logits_layer).
+    merged_params['head_supervised'] = jax.tree.map(jnp.zeros_like, merged_params['head_supervised'])
+  return {'variables': {'params': merged_params, 'batch_stats': merged_stats}, 'source': source}
+
+
+def run_stages(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict[str, Any]]:
+  """Runs every stage of `config.stages`; returns {stage: results}."""
+  all_results = {}
+  for stage in config.stages:
+    directory = stage_workdir(workdir, stage)
+    if _is_complete(directory):
+      logging.info('%s: complete in %s; skipping (delete it to rerun).', stage, directory)
+      with open(os.path.join(directory, train.RESULTS_FILE)) as f:
+        all_results[stage] = json.load(f)
+      continue
+    derived = stage_config(config, stage)
+    all_results[stage] = train.train_and_evaluate(
+      derived, directory, stage=stage, restore=_restore_for(config, stage, workdir))
+  return all_results
+
+
+def results_table(all_results: dict[str, dict[str, Any]]) -> str:
+  """A short plain-text table: one row per stage."""
+  header = f'{"stage":<11} {"top-1":>7} {"top-5":>7} {"kNN":>7} {"steps":>7} {"labels":>7} {"time":>8}'
+  rows = [header, '-' * len(header)]
+  for stage, results in all_results.items():
+    def pct(key):
+      return f'{100 * results[key]:6.1f}%' if key in results else '      -'
+    labels = results.get('num_labelled_examples', '-')
+    rows.append(
+      f'{stage:<11} {pct("eval_top1")} {pct("eval_top5")} {pct("knn_top1")} '
+      f'{results.get("steps", 0):>7} {labels!s:>7} {results.get("wall_time_s", 0):>7.0f}s'
+    )
+  return '\n'.join(rows)
