@@ -78,7 +78,8 @@ def run_meta(config: ml_collections.ConfigDict, step: int, **extra: Any) -> dict
 
 
 def _read_only_manager(workdir: str) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+  # Not `read_only=True`: orbax then warns on every open; this manager never saves anyway.
+  options = ocp.CheckpointManagerOptions(create=False)
   return ocp.CheckpointManager(
     checkpoint_dir(workdir), options=options, item_names=('state', 'meta')
   )
@@ -100,10 +101,17 @@ def restore_variables(workdir: str) -> tuple[Any, Any, dict[str, Any]]:
   step = manager.latest_step()
   if step is None:
     raise FileNotFoundError(f'{directory} holds no finished checkpoint; rerun the stage that writes it')
+  # Restore as host NumPy arrays, whatever topology saved them (an imported or pod checkpoint).
+  tree = ocp.PyTreeCheckpointer().metadata(os.path.join(directory, str(step), 'state')).item_metadata
+  tree = getattr(tree, 'tree', tree)
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
   restored = manager.restore(
-    step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(), meta=ocp.args.JsonRestore())
+    step,
+    args=ocp.args.Composite(
+      state=ocp.args.PyTreeRestore(restore_args=restore_args), meta=ocp.args.JsonRestore()
+    ),
   )
-  state = jax.device_get(restored['state'])
+  state = restored['state']
   logging.info('Read params and batch_stats of step %d from %s', step, directory)
   meta = dict(restored['meta'] or {})
   meta.setdefault('step', step)

@@ -1,0 +1,62 @@
+"""Feature export: encoder features of a dataset split from a stage's newest checkpoint.
+
+    python -m simclr_jax.embed --config=configs/demo.py --workdir=workdirs/demo/pretrain \
+        --split=test --output=features.npz
+
+Runs the encoder in inference mode on the config's dataset split with eval preprocessing (no
+augmentation), in dataset order, and writes `features` [num_examples, dim] float32 and
+`labels` [num_examples] int64. The architecture is the one saved with the checkpoint; the
+config supplies the data.
+"""
+
+import os
+
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (for the data).')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Stage workdir holding checkpoints/.')
+_SPLIT = flags.DEFINE_string('split', None, 'Split to embed (default: data.eval_split).')
+_OUTPUT = flags.DEFINE_string('output', None, 'Output .npz path.')
+_OUTPUT_KEY = flags.DEFINE_enum(
+  'features', 'features', ['features', 'projection', 'logits_sup'],
+  'Which output: encoder features (default), projection-head output, or classifier logits.',
+)
+flags.mark_flags_as_required(['config', 'workdir', 'output'])
+
+
+def embed(config, workdir: str, split: str | None = None, output: str = 'features'):
+  """(features [N, D] float32, labels [N]) of a split, from the newest checkpoint in workdir."""
+  import ml_collections
+
+  from simclr_jax import checkpoints, evaluation, sharding, train
+  from simclr_jax.data import input as data_input
+
+  params, batch_stats, meta = checkpoints.restore_variables(workdir)
+  saved_config = ml_collections.ConfigDict(meta['config']) if 'config' in meta else config
+  num_classes = params['head_supervised']['linear_layer']['dense']['kernel'].shape[-1]
+  # The saved architecture, the requested data.
+  saved_config.data = ml_collections.ConfigDict(config.data.to_dict())
+  saved_config.train.eval_batch_size = config.train.eval_batch_size
+  model = train.build_model(saved_config, num_classes)
+  mesh = sharding.make_mesh()
+  eval_data = data_input.make_eval_data(config, split or config.data.eval_split)
+  feature_step = evaluation.make_feature_step(model, mesh, output)
+  params, batch_stats = sharding.replicate(mesh, (params, batch_stats))
+  features, labels = evaluation.extract_features(feature_step, params, batch_stats, eval_data, mesh)
+  logging.info('Embedded %d examples of split %r: features %s', len(labels), split, features.shape)
+  return features.astype(np.float32), labels.astype(np.int64)
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  features, labels = embed(_CONFIG.value, _WORKDIR.value, _SPLIT.value, _OUTPUT_KEY.value)
+  os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
+  np.savez(_OUTPUT.value, features=features, labels=labels)
+  print(f'Wrote {_OUTPUT.value}: features {features.shape} float32, labels {labels.shape}')
+
+
+if __name__ == '__main__':
+  app.run(main)
