@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from simclr_jax import checkpoints, train
+from simclr_jax import checkpoints, train, validation
 from simclr_jax.data import input as data_input
 
 
@@ -100,6 +100,10 @@ def _init_from(config, stage: str, source: str, prefixes: tuple[str, ...]) -> di
 
 def run_stages(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict[str, Any]]:
   """Runs every stage of `config.stages`; returns {stage: results}."""
+  # Every stage's settings are checked before the first one starts: a typo in the distillation
+  # section must not surface after days of pretraining.
+  for stage in config.stages:
+    validation.validate_config(stage_config(config, stage), jax.device_count(), jax.process_count())
   all_results = {}
   for stage in config.stages:
     directory = stage_workdir(workdir, stage)

@@ -197,6 +197,12 @@ def train_and_evaluate(
   os.makedirs(workdir, exist_ok=True)
   mesh = sharding.make_mesh()
   spec = _Stage(config, stage, restore or {})
+  if stage == 'pretrain' and config.knn.enabled:
+    bank_size = min(spec.data.num_examples, config.knn.max_train_examples)
+    if config.knn.k > bank_size:
+      raise validation.ConfigError(
+        f'knn.k={config.knn.k} is larger than the {bank_size} train examples of the memory bank; '
+        f'use knn.k <= {bank_size}')
   eval_data = data_input.make_eval_data(config)
   abstract_params = abstract_variables(spec.model, config.data.image_size)['params']
   tx, schedule, total_steps = build_optimizer(

@@ -185,6 +185,74 @@ def validate_train(train: ml_collections.ConfigDict, num_devices: int, num_proce
   _require(train.eval_every_steps >= 0, f'train.eval_every_steps={train.eval_every_steps} < 0')
 
 
+STAGES = ('pretrain', 'finetune', 'distill', 'supervised')
+
+
+def _has_checkpoints(workdir: str) -> bool:
+  directory = os.path.join(workdir, 'checkpoints')
+  return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+
+
+def validate_stages(config: ml_collections.ConfigDict) -> None:
+  stages = tuple(config.stages)
+  _require(len(stages) > 0, 'config.stages is empty; use e.g. ("pretrain",)')
+  for stage in stages:
+    _require(stage in STAGES, f'config.stages has unknown stage {stage!r}; use any of {STAGES}')
+  _require(len(set(stages)) == len(stages), f'config.stages={stages} repeats a stage')
+  finetune, distill = config.finetune, config.distill
+
+  def before(stage: str, other: str) -> bool:
+    return other in stages and stages.index(other) < stages.index(stage)
+
+  if 'finetune' in stages:
+    if finetune.init_from:
+      _require(
+        _has_checkpoints(finetune.init_from) or before('finetune', 'pretrain'),
+        f'finetune.init_from={finetune.init_from!r} holds no checkpoints/; point it at a '
+        'pretrain stage workdir (or an imported model, see docs/IMPORT_TF2.md)',
+      )
+    else:
+      _require(
+        before('finetune', 'pretrain'),
+        "config.stages runs 'finetune' without 'pretrain' before it; add 'pretrain' first or set "
+        'finetune.init_from=PRETRAIN_STAGE_WORKDIR',
+      )
+  if 'distill' in stages:
+    if distill.teacher_workdir:
+      _require(
+        _has_checkpoints(distill.teacher_workdir) or before('distill', 'finetune'),
+        f'distill.teacher_workdir={distill.teacher_workdir!r} holds no checkpoints/; point it at '
+        'a finetune stage workdir',
+      )
+    else:
+      _require(
+        before('distill', 'finetune'),
+        "config.stages runs 'distill' without 'finetune' before it; add 'finetune' first or set "
+        'distill.teacher_workdir=FINETUNE_STAGE_WORKDIR',
+      )
+    if distill.student_init_from == 'pretrain':
+      _require(
+        before('distill', 'pretrain'),
+        "distill.student_init_from='pretrain' but config.stages has no 'pretrain' before "
+        "'distill'; set it to a pretrain stage workdir or ''",
+      )
+    _require(distill.temperature > 0, f'distill.temperature={distill.temperature} must be > 0')
+    _require(distill.label_weight >= 0, f'distill.label_weight={distill.label_weight} must be >= 0')
+  if {'finetune', 'supervised', 'distill'} & set(stages):
+    _require(
+      finetune.examples_per_class > 0 or 0 < finetune.label_fraction <= 1,
+      f'finetune.label_fraction={finetune.label_fraction} is outside (0, 1]; use e.g. 0.01 or '
+      '0.1 (or set finetune.examples_per_class)',
+    )
+    _require(
+      -1 <= finetune.fine_tune_after_block <= 4,
+      f'finetune.fine_tune_after_block={finetune.fine_tune_after_block} is outside -1..4 '
+      '(-1: train all, 4: linear eval)',
+    )
+  _require(config.knn.k >= 1, f'knn.k={config.knn.k} must be >= 1 (default 200)')
+  _require(config.knn.temperature > 0, f'knn.temperature={config.knn.temperature} must be > 0')
+
+
 def validate_config(
   config: ml_collections.ConfigDict, num_devices: int = 1, num_processes: int = 1
 ) -> None:
@@ -193,3 +261,4 @@ def validate_config(
   validate_data(config.data, config.model)
   validate_optim(config.optim)
   validate_train(config.train, num_devices, num_processes)
+  validate_stages(config)

@@ -88,3 +88,51 @@ def test_shipped_configs_are_valid():
 def test_default_config_declares_every_section():
   config = default_lib.get_config()
   assert set(config.keys()) >= {'data', 'model', 'optim', 'train', 'distributed', 'seed', 'name'}
+
+
+STAGE_ERRORS = [
+  (dict(stages=('pretrain', 'finetuning')), 'unknown stage'),
+  (dict(stages=('finetune',)), "without 'pretrain' before it"),
+  (dict(stages=('pretrain', 'distill')), "without 'finetune' before it"),
+  (dict(stages=('finetune', 'pretrain')), "without 'pretrain' before it"),
+  (dict(stages=('pretrain', 'pretrain')), 'repeats a stage'),
+  (dict(stages=()), 'config.stages is empty'),
+]
+
+
+@pytest.mark.parametrize('overrides,message', STAGE_ERRORS, ids=[m for _, m in STAGE_ERRORS])
+def test_bad_stage_order(overrides, message):
+  config = _demo()
+  for key, value in overrides.items():
+    config[key] = value
+  with pytest.raises(validation.ConfigError, match=message):
+    validation.validate_config(config, num_devices=8)
+
+
+@pytest.mark.parametrize(
+  'field,value',
+  [
+    ('finetune.label_fraction', 0.0),
+    ('finetune.label_fraction', 1.5),
+    ('finetune.fine_tune_after_block', 5),
+    ('distill.temperature', 0.0),
+    ('distill.label_weight', -1.0),
+    ('knn.k', 0),
+  ],
+)
+def test_bad_stage_values(field, value):
+  config = _set(_demo(), field, value)
+  with pytest.raises(validation.ConfigError, match=field.replace('.', r'\.')):
+    validation.validate_config(config, num_devices=8)
+
+
+def test_missing_init_checkpoint_is_rejected(tmp_path):
+  config = _demo()
+  config.stages = ('finetune',)
+  config.finetune.init_from = str(tmp_path / 'nothing_here')
+  with pytest.raises(validation.ConfigError, match='finetune.init_from=.*holds no checkpoints'):
+    validation.validate_config(config, num_devices=8)
+  config.stages = ('distill',)
+  config.distill.teacher_workdir = str(tmp_path)
+  with pytest.raises(validation.ConfigError, match='distill.teacher_workdir'):
+    validation.validate_config(config, num_devices=8)
