@@ -35,4 +35,21 @@ def get_config():
   config.train.log_every_steps = 100
   config.train.checkpoint_every_steps = 2000
   config.train.eval_every_steps = 10000
+  config.knn.every_steps = 10000
+
+  # Pretrain -> fine-tune on 10 % of the labels -> self-distill; `--config.stages=pretrain,`
+  # for pretraining alone. Fine-tuning follows the official ImageNet recipe shape (LARS, sqrt
+  # scaling, no decay) at CIFAR batch sizes; these CIFAR stage settings are ours (untuned).
+  config.stages = ('pretrain', 'finetune', 'distill', 'supervised')
+  config.finetune.label_fraction = 0.1
+  config.finetune.ft_proj_selector = 1
+  config.finetune.optim.learning_rate = 0.005
+  config.finetune.optim.learning_rate_scaling = 'sqrt'
+  config.finetune.train.global_batch_size = 512
+  config.finetune.train.train_epochs = 100
+  config.supervised.train.global_batch_size = 512
+  config.supervised.train.train_epochs = 200
+  config.distill.student_init_from = 'pretrain'
+  config.distill.train.global_batch_size = 512
+  config.distill.train.train_epochs = 200
   return config

@@ -130,4 +130,6 @@ def results_table(all_results: dict[str, dict[str, Any]]) -> str:
       f'{stage:<11} {pct("eval_top1")} {pct("eval_top5")} {pct("knn_top1")} '
       f'{results.get("steps", 0):>7} {labels!s:>7} {results.get("wall_time_s", 0):>7.0f}s'
     )
+  if 'pretrain' in all_results:
+    rows.append('pretrain top-1/5: the linear probe trained on stop-gradient features (all labels).')
   return '\n'.join(rows)
