@@ -43,6 +43,7 @@ def main(argv: list[str]) -> None:
   import jax
 
   from simclr_jax import run, validation
+  from simclr_jax import workdir as workdir_lib
 
   if config.distributed.initialize:
     jax.distributed.initialize(
@@ -55,9 +56,13 @@ def main(argv: list[str]) -> None:
                jax.process_count(), jax.device_count(), jax.devices()[0].platform, workdir)
   try:
     validation.validate_config(config, jax.device_count(), jax.process_count())
-  except validation.ConfigError as error:
+    all_results = run.run_stages(config, workdir)
+  except (validation.ConfigError, FileNotFoundError) as error:
     raise app.UsageError(str(error)) from None
-  all_results = run.run_stages(config, workdir)
+  except workdir_lib.Preempted as stop:
+    logging.warning('%s', stop)
+    print(f'Stopped on request ({stop}); the same command resumes.')
+    return
   print(f'\nResults in {workdir}:\n{run.results_table(all_results)}')
 
 

@@ -26,7 +26,7 @@ from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 from jax.sharding import PartitionSpec as P
 
-from simclr_jax import checkpoints, evaluation, optim, sharding, stages, validation
+from simclr_jax import checkpoints, evaluation, optim, sharding, stages, validation, workdir as workdir_lib
 from simclr_jax.data import input as data_input
 from simclr_jax.models import simclr as simclr_model
 
@@ -98,6 +98,10 @@ def build_optimizer(
     params=params,
     trainable=trainable,
   )
+  if config.train.skip_nonfinite_updates:
+    # Official code has no such guard; optax.apply_if_finite drops NaN/Inf updates (and stops
+    # after 10 in a row) instead of corrupting the parameters.
+    tx = optax.apply_if_finite(tx, max_consecutive_errors=10)
   return tx, schedule, total_steps
 
 
@@ -194,7 +198,8 @@ def train_and_evaluate(
   start_time = time.time()
   validation.validate_config(config, num_devices=jax.device_count(),
                              num_processes=jax.process_count())
-  os.makedirs(workdir, exist_ok=True)
+  workdir_lib.check_writable(workdir)
+  workdir_lib.check_same_run(config, workdir)
   mesh = sharding.make_mesh()
   spec = _Stage(config, stage, restore or {})
   if stage == 'pretrain' and config.knn.enabled:
@@ -243,24 +248,38 @@ def train_and_evaluate(
   history: list[dict] = []
   last_logged = start_step
   batches = spec.data.batches(start_step=start_step) if start_step < total_steps else iter(())
-  for step in range(start_step + 1, total_steps + 1):
-    with jax.profiler.StepTraceAnnotation('train', step_num=step):
-      state, metrics = train_step(state, sharding.global_batch_from_host(mesh, next(batches)), spec.aux)
-    history.append(metrics)
-    report_progress(step)
-    if step % config.train.log_every_steps == 0 or step == total_steps:
-      summary = _mean_metrics(history)
-      _check_finite(summary, last_logged + 1, step)
-      log(step, {**summary, 'epoch': step / steps_per_epoch})
-      history, last_logged = [], step
-    if config.train.eval_every_steps and step % config.train.eval_every_steps == 0:
-      accuracy = evaluation.classification_accuracy(
-        eval_step, state.params, state.batch_stats, eval_data, mesh)
-      log(step, {'eval_top1': accuracy['top1'], 'eval_top5': accuracy['top5']})
-    if knn and config.knn.every_steps and step % config.knn.every_steps == 0:
-      log(step, {'knn_top1': knn(state)})
-    if step % config.train.checkpoint_every_steps == 0 or step == total_steps:
-      checkpoints.save(manager, step, state, checkpoints.run_meta(config, step, stage=stage))
+  watcher = workdir_lib.PreemptionWatcher()
+  try:
+    for step in range(start_step + 1, total_steps + 1):
+      with jax.profiler.StepTraceAnnotation('train', step_num=step):
+        batch = sharding.global_batch_from_host(mesh, next(batches))
+        state, metrics = train_step(state, batch, spec.aux)
+      history.append(metrics)
+      report_progress(step)
+      if step % config.train.log_every_steps == 0 or step == total_steps:
+        summary = _mean_metrics(history)
+        _check_finite(summary, last_logged + 1, step)
+        log(step, {**summary, 'epoch': step / steps_per_epoch})
+        history, last_logged = [], step
+      if config.train.eval_every_steps and step % config.train.eval_every_steps == 0:
+        accuracy = evaluation.classification_accuracy(
+          eval_step, state.params, state.batch_stats, eval_data, mesh)
+        log(step, {'eval_top1': accuracy['top1'], 'eval_top5': accuracy['top5']})
+      if knn and config.knn.every_steps and step % config.knn.every_steps == 0:
+        log(step, {'knn_top1': knn(state)})
+      preempted = watcher.should_stop(step)
+      if preempted or step % config.train.checkpoint_every_steps == 0 or step == total_steps:
+        if history:  # Never save past a NaN that the next log would only report later.
+          _check_finite(_mean_metrics(history), last_logged + 1, step)
+        checkpoints.save(manager, step, state, checkpoints.run_meta(config, step, stage=stage))
+      if preempted:
+        manager.wait_until_finished()
+        logging.warning('%s: stopped at step %d on request; checkpoint saved in %s.', stage,
+                        step, workdir)
+        raise workdir_lib.Preempted(f'{stage} stopped at step {step}; rerun to resume')
+  finally:
+    watcher.close()
+    manager.wait_until_finished()  # A save in flight when an error stops the loop completes.
   manager.wait_until_finished()
 
   results: dict[str, Any] = {'stage': stage, 'steps': total_steps,
