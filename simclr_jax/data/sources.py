@@ -17,6 +17,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
+from simclr_jax.data import image_check
+
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
 KNOWN_TFDS_EXAMPLES = 'cifar10, cifar100, stl10, imagenet2012, imagenet2012_subset/1pct'
 
@@ -28,6 +30,9 @@ class Source:
   num_host_examples: int  # In this host's share.
   num_classes: int
   class_names: tuple[str, ...]
+  # Image folders: files left out because they cannot be decoded (image_check.py).
+  num_skipped: int = 0
+  skipped_paths: tuple[str, ...] = ()
 
 
 def demo_data_dir() -> str:
@@ -63,8 +68,25 @@ def _subfolders(folder: str) -> list[str]:
   return sorted(n for n in os.listdir(folder) if os.path.isdir(os.path.join(folder, n)))
 
 
+@dataclasses.dataclass(frozen=True)
+class _Listing:
+  paths: list[str]  # Readable images only, sorted: classes by name, then files by name.
+  labels: list[int]
+  class_names: tuple[str, ...]
+  skipped: dict[str, str]  # Unreadable image files -> why.
+  fully_checked: bool  # Pixels decoded at listing (else headers only, see image_check.py).
+
+
 def _list_folder(root: str, split: str) -> tuple[list[str], list[int], tuple[str, ...]]:
-  """Sorted (paths, labels, class_names) for root/<split>/<class>/* or a flat folder."""
+  """Sorted (paths, labels, class_names) of the readable images of a split."""
+  listing = _listing(root, split)
+  return listing.paths, listing.labels, listing.class_names
+
+
+def _listing(
+  root: str, split: str, full_check_max_bytes: int = image_check.FULL_CHECK_MAX_BYTES
+) -> _Listing:
+  """The images of root/<split>/<class>/* or of a flat folder, unreadable ones set aside."""
   if not os.path.isdir(root):
     raise ValueError(
       f'data.folder={root!r} does not exist; set data.folder to a folder of images '
@@ -105,7 +127,18 @@ def _list_folder(root: str, split: str) -> tuple[list[str], list[int], tuple[str
       f'data.folder={root!r} split {split!r} contains no {"/".join(IMAGE_EXTENSIONS)} images '
       f'in {split_dir}; put images in <split>/<class>/ folders or point data.folder elsewhere.'
     )
-  return paths, labels, tuple(class_names)
+  skipped, fully_checked = image_check.find_unreadable(
+    paths, full_check_max_bytes=full_check_max_bytes)
+  if len(skipped) == len(paths):
+    example, reason = next(iter(skipped.items()))
+    raise ValueError(
+      f'data.folder={root!r} split {split!r} has no readable image: all {len(paths)} files fail '
+      f'to decode (e.g. {example}: {reason}); fix the files or point data.folder elsewhere.'
+    )
+  if skipped:
+    labels = [label for path, label in zip(paths, labels) if path not in skipped]
+    paths = [path for path in paths if path not in skipped]
+  return _Listing(paths, labels, tuple(class_names), skipped, fully_checked)
 
 
 def _decode_file(path: tf.Tensor) -> tf.Tensor:
@@ -115,14 +148,24 @@ def _decode_file(path: tf.Tensor) -> tf.Tensor:
 
 
 def from_folder(
-  root: str, split: str, *, process_index: int = 0, process_count: int = 1
+  root: str,
+  split: str,
+  *,
+  process_index: int = 0,
+  process_count: int = 1,
+  full_check_max_bytes: int = image_check.FULL_CHECK_MAX_BYTES,
 ) -> Source:
   """Images from root/<split>/<class>/*.{jpg,jpeg,png}, or a flat folder (labels -1).
 
-  Order: classes sorted by name, files sorted by name within a class.
+  Order: classes sorted by name, files sorted by name within a class. Files that cannot be
+  decoded are left out (indices count readable images only) and reported in `skipped_paths`.
   """
-  paths, labels, class_names = _list_folder(root, split)
+  listing = _listing(root, split, full_check_max_bytes)
+  paths, labels, class_names = listing.paths, listing.labels, listing.class_names
   logging.info('%s/%s: %d images in %d classes.', root, split, len(paths), len(class_names))
+  if listing.skipped:
+    logging.warning('%s/%s: skipped %d unreadable image files (paths logged above).', root, split,
+                    len(listing.skipped))
   positions = tf.data.Dataset.from_tensor_slices({
     'path': paths,
     'label': tf.constant(labels, tf.int32),
@@ -133,12 +176,18 @@ def from_folder(
     num_parallel_calls=tf.data.AUTOTUNE,
     deterministic=True,
   )
+  if not listing.fully_checked:
+    # Headers only were checked: a corrupt file fails here, and is dropped (TF logs the error)
+    # rather than stopping training. The counts above are then upper bounds.
+    dataset = dataset.ignore_errors(log_warning=True)
   return Source(
     dataset=dataset,
     num_examples=len(paths),
     num_host_examples=_host_count(len(paths), process_index, process_count),
     num_classes=len(class_names),
     class_names=class_names,
+    num_skipped=len(listing.skipped),
+    skipped_paths=tuple(sorted(listing.skipped)),
   )
 
 

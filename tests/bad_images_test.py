@@ -1,0 +1,162 @@
+"""Image folders with odd and broken files: decodable ones become RGB uint8, the rest are skipped.
+
+References are Pillow's own decodes (or the arrays the files were written from), independent of
+the tf.io.decode_image path under test.
+"""
+
+import logging
+import os
+import pathlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from simclr_jax.data import image_check, pipeline, sources, subsets
+
+RNG = np.random.default_rng(0)
+RGB = RNG.integers(0, 256, (12, 10, 3), dtype=np.uint8)
+GRAY16 = RNG.integers(0, 2**16, (12, 10), dtype=np.uint16)
+RGB16 = RNG.integers(0, 2**16, (12, 10, 3), dtype=np.uint16)
+GOOD = ('cmyk.jpg', 'gray.png', 'gray16.png', 'palette.png', 'rgb.png', 'rgb16.png', 'rgba.png',
+        'tiny.png')
+BAD = ('text.jpg', 'tiff.png', 'truncated.jpg', 'zero.jpg')
+
+
+def _write_images(folder: pathlib.Path) -> None:
+  """One file of each kind in `folder`."""
+  folder.mkdir(parents=True, exist_ok=True)
+  Image.fromarray(RGB).convert('CMYK').save(folder / 'cmyk.jpg', quality=95)
+  Image.fromarray(RGB[..., 0]).save(folder / 'gray.png')
+  Image.fromarray(GRAY16).save(folder / 'gray16.png')  # Pillow mode I;16: a 16-bit gray PNG.
+  Image.fromarray(RGB).convert('P').save(folder / 'palette.png')
+  Image.fromarray(RGB).save(folder / 'rgb.png')
+  (folder / 'rgb16.png').write_bytes(tf.io.encode_png(RGB16).numpy())  # Pillow cannot write it.
+  Image.fromarray(np.dstack([RGB, np.full(RGB.shape[:2], 9, np.uint8)])).save(folder / 'rgba.png')
+  Image.fromarray(RGB[:7, :5]).save(folder / 'tiny.png')  # Smaller than any crop.
+  (folder / 'text.jpg').write_text('not a JPEG at all')
+  Image.fromarray(RGB).save(folder / 'tiff.png', format='TIFF')  # TF cannot decode TIFF.
+  # Large enough that the cut falls in the pixel data, after the headers.
+  Image.fromarray(np.tile(RGB, (4, 4, 1))).save(folder / 'full.jpg', quality=95)
+  data = (folder / 'full.jpg').read_bytes()
+  (folder / 'truncated.jpg').write_bytes(data[: len(data) // 2])
+  (folder / 'full.jpg').unlink()
+  (folder / 'zero.jpg').write_bytes(b'')
+
+
+def _reference(path: pathlib.Path) -> np.ndarray:
+  """What the file should decode to, from Pillow or the written arrays."""
+  name = path.name
+  if name == 'gray16.png':
+    return np.repeat((GRAY16 >> 8).astype(np.uint8)[..., None], 3, axis=-1)  # High byte.
+  if name == 'rgb16.png':
+    np.testing.assert_array_equal(np.asarray(Image.open(path)), RGB16 >> 8)  # Pillow agrees.
+    return (RGB16 >> 8).astype(np.uint8)
+  return np.asarray(Image.open(path).convert('RGB'))
+
+
+def _examples(source: sources.Source) -> list[dict]:
+  return list(source.dataset.as_numpy_iterator())
+
+
+@pytest.fixture
+def class_folder(tmp_path) -> pathlib.Path:
+  """root/train/{a,b}/ with the odd and broken files split between two classes."""
+  _write_images(tmp_path / 'train' / 'a')
+  for name in ('cmyk.jpg', 'gray16.png', 'text.jpg', 'zero.jpg'):  # Class b gets these four.
+    os.makedirs(tmp_path / 'train' / 'b', exist_ok=True)
+    os.rename(tmp_path / 'train' / 'a' / name, tmp_path / 'train' / 'b' / name)
+  return tmp_path
+
+
+def test_good_images_decode_to_rgb_and_bad_ones_are_counted(class_folder, caplog):
+  caplog.set_level(logging.WARNING)
+  source = sources.load('folder', 'train', folder=str(class_folder))
+  train = class_folder / 'train'
+  expected_good = [train / 'a' / n for n in sorted(set(GOOD) - {'cmyk.jpg', 'gray16.png'})]
+  expected_good += [train / 'b' / 'cmyk.jpg', train / 'b' / 'gray16.png']
+  expected_bad = sorted(str(train / c / n) for c, n in
+                        (('a', 'tiff.png'), ('a', 'truncated.jpg'), ('b', 'text.jpg'),
+                         ('b', 'zero.jpg')))
+  assert source.num_skipped == 4 and list(source.skipped_paths) == expected_bad
+  assert source.num_examples == source.num_host_examples == len(GOOD)
+  for path in expected_bad:
+    assert any(path in record.getMessage() for record in caplog.records), path
+
+  examples = _examples(source)
+  assert [int(x['index']) for x in examples] == list(range(len(GOOD)))
+  assert [int(x['label']) for x in examples] == [0] * 6 + [1] * 2
+  for path, example in zip(expected_good, examples):
+    image, reference = example['image'], _reference(path)
+    assert image.dtype == np.uint8 and image.shape == reference.shape, path.name
+    if path.name == 'cmyk.jpg':
+      # JPEG is lossy and TF's IDCT differs from Pillow's; measured: mean 1.8, max 8.
+      difference = np.abs(image.astype(int) - reference)
+      assert difference.mean() < 4 and difference.max() <= 16
+      assert np.abs(image.astype(int) - RGB).mean() < 4  # Not inverted, channels in order.
+    else:
+      np.testing.assert_array_equal(image, reference, err_msg=path.name)
+  assert examples[-1]['image'].shape == (12, 10, 3)  # gray16.png.
+  assert examples[5]['image'].shape == (7, 5, 3)  # tiny.png.
+
+  # The labelled-subset code lists the folder itself; its labels must stay aligned with indices.
+  labels = subsets.split_labels('folder', 'train', folder=str(class_folder))
+  np.testing.assert_array_equal(labels, [int(x['label']) for x in examples])
+
+
+def test_pretrain_batches_from_a_folder_with_bad_and_tiny_images(tmp_path):
+  _write_images(tmp_path)  # A flat folder: labels -1.
+  source = sources.from_folder(str(tmp_path), 'train')
+  assert source.num_examples == len(GOOD) and source.num_skipped == len(BAD)
+  dataset = pipeline.make_pretrain_dataset(
+    source.dataset, seed=0, host_batch_size=4, image_size=32, color_jitter_strength=0.5,
+    use_blur=True, num_local_devices=2, shuffle_buffer=8, threadpool_size=2,
+  )
+  for batch in dataset.take(3).as_numpy_iterator():  # 12 views: more than one epoch.
+    for key in ('view_a', 'view_b'):
+      assert batch[key].shape == (4, 32, 32, 3) and batch[key].dtype == np.float32
+      assert np.all(np.isfinite(batch[key])) and 0 <= batch[key].min() <= batch[key].max() <= 1
+    assert list(batch['label']) == [-1] * 4
+  evaluation = pipeline.make_eval_dataset(source.dataset, batch_size=8, image_size=32)
+  (batch,) = list(evaluation.as_numpy_iterator())
+  assert batch['image'].shape == (8, 32, 32, 3) and batch['mask'].sum() == len(GOOD)
+
+
+def test_folder_with_no_readable_image_fails_naming_data_folder(tmp_path):
+  (tmp_path / 'train' / 'cat').mkdir(parents=True)
+  (tmp_path / 'train' / 'cat' / 'a.jpg').write_bytes(b'')
+  (tmp_path / 'train' / 'cat' / 'b.png').write_text('hello')
+  with pytest.raises(ValueError) as error:
+    sources.load('folder', 'train', folder=str(tmp_path))
+  message = str(error.value)
+  assert message.startswith(f'data.folder={str(tmp_path)!r} split \'train\' has no readable image')
+  assert 'all 2 files fail' in message and 'a.jpg: empty file' in message and '\n' not in message
+
+
+def test_header_only_check_for_large_folders_drops_decode_errors_in_tf_data(tmp_path):
+  _write_images(tmp_path)
+  source = sources.from_folder(str(tmp_path), 'train', full_check_max_bytes=0)
+  # The header check still catches empty, non-image and undecodable-format files ...
+  assert source.skipped_paths == tuple(str(tmp_path / n) for n in ('text.jpg', 'tiff.png',
+                                                                    'zero.jpg'))
+  # ... the truncated JPEG gets past it, fails in tf.io.decode_image and is dropped there.
+  assert source.num_examples == len(GOOD) + 1
+  examples = _examples(source)
+  assert len(examples) == len(GOOD)
+  assert [int(x['index']) for x in examples] == list(range(len(GOOD)))  # truncated.jpg is last.
+
+
+def test_verdicts_are_cached_until_a_file_changes(tmp_path, monkeypatch):
+  Image.fromarray(RGB).save(tmp_path / 'a.png')
+  (tmp_path / 'b.png').write_bytes(b'')
+  assert sources.from_folder(str(tmp_path), 'train').num_skipped == 1
+  calls = []
+  original = image_check._problem
+  monkeypatch.setattr(image_check, '_problem', lambda *args: calls.append(args) or original(*args))
+  assert sources.from_folder(str(tmp_path), 'train').num_skipped == 1
+  assert not calls  # Nothing re-read.
+  Image.fromarray(RGB).save(tmp_path / 'b.png')  # Repaired: new size and mtime.
+  source = sources.from_folder(str(tmp_path), 'train')
+  assert source.num_skipped == 0 and source.num_examples == 2
+  assert [args[0] for args in calls] == [str(tmp_path / 'b.png')]
