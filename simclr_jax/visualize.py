@@ -1,0 +1,375 @@
+"""Plots of a run: augmented views, t-SNE of encoder features, training curves, top-1 per stage.
+
+    python -m simclr_jax.visualize --config=configs/demo.py --workdir=workdirs/demo
+
+WORKDIR is a run workdir (one subfolder per stage, as `simclr_jax.main` writes) or a single
+stage workdir (checkpoints/, metrics.jsonl, results.json). Every stage gets `<stage>/plots/`:
+
+    augmentations.png  NUM_IMAGES train images and two views of each, as the stage's pipeline
+                       makes them (pretrain: crop, flip, colour, blur; others: crop and flip)
+    tsne.png           t-SNE of encoder features of up to MAX_POINTS eval images, by class
+    curves.png         metrics.jsonl: losses, contrastive / classifier accuracy, kNN, learning rate
+
+and a run workdir with several stages gets `plots/stage_top1.png`: eval top-1 of each stage
+from its results.json, the `supervised` baseline grey. A plot whose input is missing (no
+checkpoint, no metrics) is skipped with a log line. The model architecture is the one saved
+with the checkpoint; the config supplies the data and the seed.
+"""
+
+import json
+import os
+from typing import Any
+
+import ml_collections
+import numpy as np
+from absl import logging
+
+from simclr_jax import plots
+
+METRICS_FILE = 'metrics.jsonl'  # As train.METRICS_FILE / RESULTS_FILE (not imported: keeps the
+RESULTS_FILE = 'results.json'  # curves/bars path free of JAX and TensorFlow).
+PLOTS_SUBDIR = 'plots'
+STAGE_ORDER = ('pretrain', 'finetune', 'distill', 'supervised')
+ALL_PLOTS = ('augmentations', 'tsne', 'curves', 'stages')
+NUM_IMAGES = 8
+MAX_POINTS = 2000
+# Splits up to this size are subsampled with a stride (class-sorted folders then show every
+# class); larger ones (tfds, stored shuffled) use their first examples, to avoid a full scan.
+STRIDE_SCAN_LIMIT = 20_000
+FEATURE_BATCH = 256
+
+
+def _gfile():
+  import tensorflow as tf  # Local: reading local files must not need TensorFlow.
+
+  return tf.io.gfile
+
+
+def _exists(path: str) -> bool:
+  return _gfile().exists(path) if '://' in path else os.path.exists(path)
+
+
+def _read_text(path: str) -> str:
+  if '://' in path:
+    with _gfile().GFile(path) as f:
+      return f.read()
+  with open(path) as f:
+    return f.read()
+
+
+def _list_dir(path: str) -> list[str]:
+  if '://' in path:
+    return sorted(name.rstrip('/') for name in _gfile().listdir(path))
+  return sorted(os.listdir(path)) if os.path.isdir(path) else []
+
+
+def is_stage_workdir(path: str) -> bool:
+  return any(_exists(os.path.join(path, name))
+             for name in ('checkpoints', METRICS_FILE, RESULTS_FILE))
+
+
+def find_stage_workdirs(workdir: str) -> dict[str, str]:
+  """{stage: stage workdir}: the workdir itself if it is one, else its stage subfolders.
+
+  Stages come in pipeline order (pretrain, finetune, distill, supervised), then any others.
+  """
+  if not _exists(workdir):
+    raise FileNotFoundError(f'--workdir={workdir} does not exist; pass a run or stage workdir')
+  if is_stage_workdir(workdir):
+    return {stage_name(workdir): workdir}
+  found = {name: os.path.join(workdir, name) for name in _list_dir(workdir)
+           if is_stage_workdir(os.path.join(workdir, name))}
+  order = {stage: rank for rank, stage in enumerate(STAGE_ORDER)}
+  return dict(sorted(found.items(), key=lambda item: (order.get(item[0], len(order)), item[0])))
+
+
+def read_metrics(stage_workdir: str) -> list[dict[str, Any]]:
+  """The records of metrics.jsonl ([] if absent); an unreadable line (a write cut short by a
+  preemption) is skipped and counted in the log."""
+  path = os.path.join(stage_workdir, METRICS_FILE)
+  if not _exists(path):
+    return []
+  records, bad = [], 0
+  for line in filter(str.strip, _read_text(path).splitlines()):
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError:
+      bad += 1
+  if bad:
+    logging.warning('%s: skipped %d unreadable lines.', path, bad)
+  return records
+
+
+def read_results(stage_workdir: str) -> dict[str, Any] | None:
+  path = os.path.join(stage_workdir, RESULTS_FILE)
+  return json.loads(_read_text(path)) if _exists(path) else None
+
+
+def stage_name(stage_workdir: str) -> str:
+  """The stage a workdir holds: results.json's `stage`, else the folder name if it is a stage."""
+  results = read_results(stage_workdir) or {}
+  name = os.path.basename(os.path.normpath(stage_workdir))
+  return results.get('stage') or (name if name in STAGE_ORDER else 'pretrain')
+
+
+# ------------------------------------------------------------------------------- data and model
+
+
+def _load_split(config: ml_collections.ConfigDict, split: str):
+  from simclr_jax.data import sources
+
+  data = config.data
+  return sources.load(data.dataset, split, folder=data.folder, data_dir=data.tfds_data_dir)
+
+
+def _spread(source, count: int):
+  """Up to `count` examples of a source, spread over the split when it is small enough."""
+  stride = 1
+  if source.num_examples <= STRIDE_SCAN_LIMIT:
+    stride = max(1, source.num_examples // count)
+  dataset = source.dataset
+  if stride > 1:
+    dataset = dataset.filter(lambda example: example['index'] % stride == 0)
+  return dataset.take(count)
+
+
+def augmentation_views(
+  config: ml_collections.ConfigDict, stage: str = 'pretrain', num_images: int = NUM_IMAGES
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, list[str], str]:
+  """(originals, views_1, views_2, class names, description) of train images, fixed seeds.
+
+  The views are those of the stage's pipeline (data/pipeline.py) with seeds from
+  (config.seed, example index): pretraining's SimCLR views, or crop + flip for the others.
+  """
+  import tensorflow as tf
+
+  from simclr_jax.data import augment
+
+  data = config.data
+  source = _load_split(config, data.train_split)
+  pretrain = stage == 'pretrain'
+  jitter = data.color_jitter_strength if pretrain else 0.0
+  originals, views, titles = [], [[], []], []
+  for example in _spread(source, num_images):
+    image = tf.image.convert_image_dtype(example['image'], tf.float32)
+    root = tf.stack([tf.constant(config.seed, tf.int64), tf.cast(example['index'], tf.int64)])
+    seeds = tf.random.experimental.stateless_split(root, num=3)
+    for view in range(2):
+      views[view].append(augment.preprocess_for_train(image, seeds[view], data.image_size, jitter))
+    originals.append(example['image'].numpy())
+    label = int(example['label'])
+    titles.append(source.class_names[label] if 0 <= label < len(source.class_names) else '')
+  if not originals:
+    raise ValueError(f'data.train_split={data.train_split!r} has no images; check data.dataset')
+  views = [tf.stack(v) for v in views]
+  blur = pretrain and data.use_blur
+  if blur:  # Batch-level, as in the pipeline (one group: one device's slice).
+    blur_seeds = tf.random.experimental.stateless_split(seeds[2], num=2)
+    views = [augment.batch_random_blur(v, blur_seeds[i], num_groups=1) for i, v in enumerate(views)]
+  what = (f'crop, flip, colour (s={jitter:g})' + (', blur' if blur else '')) if pretrain \
+    else 'crop, flip'
+  description = f'{stage} views of {data.dataset}/{data.train_split}: {what}'
+  return originals, views[0].numpy(), views[1].numpy(), titles, description
+
+
+def encoder_features(
+  config: ml_collections.ConfigDict,
+  stage_workdir: str,
+  max_points: int = MAX_POINTS,
+  variables: dict[str, Any] | None = None,
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+  """(features [N, D] float32, labels [N], class names) of up to `max_points` eval images.
+
+  Encoder output in inference mode on eval-preprocessed images, on one local device. Variables
+  are `variables` ({'params', 'batch_stats'}) if given, else the newest checkpoint's.
+  """
+  import jax
+  import tensorflow as tf
+
+  from simclr_jax import checkpoints, train
+  from simclr_jax.data import augment
+
+  model_config = config
+  if variables is None:
+    params, batch_stats, meta = checkpoints.restore_variables(stage_workdir)
+    if 'config' in meta:  # The saved architecture (a distilled student may differ).
+      model_config = ml_collections.ConfigDict(meta['config'])
+  else:
+    params, batch_stats = variables['params'], variables.get('batch_stats', {})
+  num_classes = params['head_supervised']['linear_layer']['dense']['kernel'].shape[-1]
+  model = train.build_model(model_config, num_classes, bn_axis_name=None)
+  apply = jax.jit(lambda v, x: model.apply(v, x, train=False)['features'])
+  device_variables = jax.device_put({'params': params, 'batch_stats': batch_stats},
+                                    jax.local_devices()[0])
+  data = config.data
+  source = _load_split(config, data.eval_split)
+
+  def preprocess(example):
+    image = tf.image.convert_image_dtype(example['image'], tf.float32)
+    return augment.preprocess_for_eval(image, data.image_size, data.eval_crop_proportion), \
+      example['label']
+
+  dataset = _spread(source, max_points).map(preprocess).batch(FEATURE_BATCH)
+  features, labels = [], []
+  for images, batch_labels in dataset.as_numpy_iterator():
+    count = len(images)  # Pad to a fixed batch: one compile.
+    padded = np.pad(images, [(0, FEATURE_BATCH - count), (0, 0), (0, 0), (0, 0)])
+    features.append(np.asarray(apply(device_variables, padded))[:count])
+    labels.append(batch_labels)
+  if not features:
+    raise ValueError(f'data.eval_split={data.eval_split!r} has no images; check data.dataset')
+  return (np.concatenate(features).astype(np.float32), np.concatenate(labels),
+          source.class_names)
+
+
+def tsne_embedding(features: np.ndarray, seed: int = 0) -> np.ndarray:
+  """t-SNE [N, 2] of L2-normalised features (cosine geometry, as the kNN monitor and NT-Xent)."""
+  from sklearn.manifold import TSNE
+
+  features = np.asarray(features, np.float64)
+  features = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+  perplexity = min(30.0, (len(features) - 1) / 3.0)  # sklearn needs perplexity < N.
+  tsne = TSNE(n_components=2, perplexity=perplexity, init='pca', random_state=seed)
+  return tsne.fit_transform(features).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------- rendering
+
+
+def plots_dir(workdir: str) -> str:
+  return os.path.join(workdir, PLOTS_SUBDIR)
+
+
+def render_stage_plots(
+  config: ml_collections.ConfigDict,
+  stage_workdir: str,
+  *,
+  which: tuple[str, ...] = ALL_PLOTS,
+  num_images: int = NUM_IMAGES,
+  max_points: int = MAX_POINTS,
+  variables: dict[str, Any] | None = None,
+) -> list[str]:
+  """Writes the stage's plots into `<stage_workdir>/plots/`; returns the paths written.
+
+  For the end of a stage in the training loop: pass `variables` (host arrays of the final
+  state) to skip reading the checkpoint back. Only process 0 writes; in a multi-process job
+  without `variables` the t-SNE is skipped (restoring from one process only would stall).
+  """
+  import jax
+
+  if jax.process_index() != 0:
+    return []
+  stage = stage_name(stage_workdir)
+  out = plots_dir(stage_workdir)
+  written = []
+  if 'augmentations' in which:
+    originals, views_1, views_2, titles, description = augmentation_views(config, stage,
+                                                                          num_images)
+    written.append(plots.augmentation_grid(
+      originals, views_1, views_2, os.path.join(out, 'augmentations.png'), titles=titles,
+      suptitle=description))
+  if 'tsne' in which:
+    has_checkpoint = variables is not None or _exists(os.path.join(stage_workdir, 'checkpoints'))
+    if not has_checkpoint:
+      logging.info('%s: no checkpoints/; t-SNE skipped.', stage_workdir)
+    elif variables is None and jax.process_count() > 1:
+      logging.warning('%s: t-SNE skipped (multi-process job; pass variables=).', stage_workdir)
+    else:
+      features, labels, class_names = encoder_features(config, stage_workdir, max_points,
+                                                       variables)
+      if len(features) < 5:
+        logging.info('%s: only %d eval images; t-SNE skipped.', stage_workdir, len(features))
+      else:
+        points = tsne_embedding(features, seed=config.seed)
+        written.append(plots.tsne_scatter(
+          points, labels, os.path.join(out, 'tsne.png'), class_names=class_names,
+          title=f'{stage}: t-SNE of encoder features, {len(points)} {config.data.eval_split} '
+                'images'))
+  if 'curves' in which:
+    path = plots.training_curves(read_metrics(stage_workdir), os.path.join(out, 'curves.png'),
+                                 title=f'{stage}: {stage_workdir}')
+    if path is None:
+      logging.info('%s: no metrics in %s; curves skipped.', stage_workdir, METRICS_FILE)
+    else:
+      written.append(path)
+  for path in written:
+    logging.info('Wrote %s', path)
+  return written
+
+
+def top1_by_stage(stage_workdirs: dict[str, str]) -> dict[str, float]:
+  """{stage: eval_top1} of the stages whose results.json has one."""
+  found = {}
+  for stage, directory in stage_workdirs.items():
+    results = read_results(directory) or {}
+    if isinstance(results.get('eval_top1'), (int, float)):
+      found[stage] = float(results['eval_top1'])
+  return found
+
+
+def render_run_plots(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  which: tuple[str, ...] = ALL_PLOTS,
+  num_images: int = NUM_IMAGES,
+  max_points: int = MAX_POINTS,
+) -> list[str]:
+  """Every plot that applies to a run workdir (or a single stage workdir); returns the paths."""
+  stage_workdirs = find_stage_workdirs(workdir)
+  if not stage_workdirs:
+    raise FileNotFoundError(
+      f'--workdir={workdir} holds no stage (no checkpoints/, {METRICS_FILE} or {RESULTS_FILE} in '
+      'it or its subfolders); pass the --workdir given to simclr_jax.main'
+    )
+  written = []
+  for directory in stage_workdirs.values():
+    written += render_stage_plots(config, directory, which=which, num_images=num_images,
+                                  max_points=max_points)
+  accuracies = top1_by_stage(stage_workdirs)
+  if 'stages' in which and len(stage_workdirs) > 1 and accuracies:
+    written.append(plots.stage_bars(accuracies, os.path.join(plots_dir(workdir), 'stage_top1.png'),
+                                    title=f'eval top-1 per stage: {workdir}'))
+  return written
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+
+def _define_flags():
+  # Defined only when run as a program, so importing this module (tests, the training loop)
+  # never collides with another module's --config flag.
+  from absl import flags
+  from ml_collections import config_flags
+
+  config = config_flags.DEFINE_config_file('config', None, 'Config file (data and seed).')
+  workdir = flags.DEFINE_string('workdir', None, 'Run workdir or stage workdir.')
+  which = flags.DEFINE_list('plots', list(ALL_PLOTS), f'Plots to render, of {ALL_PLOTS}.')
+  num_images = flags.DEFINE_integer('num_images', NUM_IMAGES, 'Images in augmentations.png.')
+  max_points = flags.DEFINE_integer('max_points', MAX_POINTS, 'Eval images in the t-SNE.')
+  flags.mark_flags_as_required(['config', 'workdir'])
+  return config, workdir, which, num_images, max_points
+
+
+def main(argv: list[str], flag_values) -> None:
+  from absl import app
+
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  config, workdir, which, num_images, max_points = (f.value for f in flag_values)
+  unknown = sorted(set(which) - set(ALL_PLOTS))
+  if unknown:
+    raise app.UsageError(f'--plots has unknown {", ".join(unknown)}; use some of {ALL_PLOTS}')
+  try:
+    written = render_run_plots(config, workdir, which=tuple(which), num_images=num_images,
+                               max_points=max_points)
+  except (FileNotFoundError, ValueError) as error:
+    raise app.UsageError(str(error)) from None
+  print('\n'.join(f'Wrote {path}' for path in written) or f'No plots apply to {workdir}.')
+
+
+if __name__ == '__main__':
+  from absl import app
+
+  _flag_values = _define_flags()
+  app.run(lambda argv: main(argv, _flag_values))
