@@ -1,0 +1,94 @@
+"""Tests for simclr_jax/data/device_data.py: folder order as sources.py, data order, no TF."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from simclr_jax import sharding
+from simclr_jax.data import device_data
+
+
+def test_demo_folder_loads_in_sources_order():
+  split = device_data.load_split('demo', 'test')
+  assert split.images.dtype == np.uint8 and split.images.shape[1:] == (32, 32, 3)
+  assert split.labels.dtype == np.int32 and len(split.class_names) == 10
+  from simclr_jax.data import sources  # TF reference: same order, labels and pixels.
+
+  source = sources.load('demo', 'test')
+  examples = list(source.dataset.as_numpy_iterator())
+  assert split.num_examples == source.num_examples == len(examples)
+  np.testing.assert_array_equal(split.labels, [e['label'] for e in examples])
+  np.testing.assert_array_equal(split.images, np.stack([e['image'] for e in examples]))
+  assert split.class_names == source.class_names
+
+
+def test_flat_folder_and_unequal_sizes(tmp_path):
+  from PIL import Image
+
+  for i, size in enumerate([(6, 6), (6, 6)]):
+    Image.fromarray(np.full(size + (3,), i * 50, np.uint8)).save(tmp_path / f'{i}.png')
+  split = device_data.load_folder(str(tmp_path), 'train')
+  np.testing.assert_array_equal(split.labels, [-1, -1])
+  Image.fromarray(np.zeros((5, 6, 3), np.uint8)).save(tmp_path / '2.png')
+  with pytest.raises(ValueError, match='equal image sizes'):
+    device_data.load_folder(str(tmp_path), 'train')
+
+
+def test_batch_indices_cover_each_epoch_once_and_are_deterministic():
+  num_examples, batch = 10, 4
+  stream = np.concatenate([device_data.batch_indices(3, s, batch, num_examples) for s in range(5)])
+  for epoch in range(2):
+    np.testing.assert_array_equal(np.sort(stream[epoch * 10:(epoch + 1) * 10]), np.arange(10))
+    np.testing.assert_array_equal(stream[epoch * 10:(epoch + 1) * 10],
+                                  device_data.epoch_permutation(3, epoch, num_examples))
+  assert not np.array_equal(stream[:10], stream[10:20])  # A new order each epoch.
+  traced = jax.jit(lambda s: device_data.batch_indices(3, s, batch, num_examples))
+  for step in range(5):  # Traced step == Python-int step.
+    np.testing.assert_array_equal(traced(jnp.int32(step)), stream[step * 4:(step + 1) * 4])
+  assert not np.array_equal(device_data.batch_indices(4, 0, batch, num_examples), stream[:4])
+  with pytest.raises(ValueError, match='two epochs'):
+    device_data.batch_indices(0, 0, 11, num_examples)
+
+
+def test_put_on_mesh_replicates_and_gathers():
+  mesh = sharding.make_mesh()
+  split = device_data.load_split('demo', 'test')
+  on_device = device_data.put_on_mesh(mesh, split)
+  assert on_device.images.sharding.is_fully_replicated
+  indices = device_data.batch_indices(0, 0, 16, split.num_examples)
+  batch = jax.jit(device_data.gather)(on_device.images, on_device.labels, indices)
+  np.testing.assert_array_equal(batch['image'], split.images[np.asarray(indices)])
+  np.testing.assert_array_equal(batch['label'], split.labels[np.asarray(indices)])
+
+
+_NO_TF_SCRIPT = textwrap.dedent("""
+  import sys
+  sys.modules['tensorflow'] = None  # Any `import tensorflow` now raises ImportError.
+  sys.modules['tensorflow_datasets'] = None
+  import jax
+  from simclr_jax.data import device_augment, device_data
+  split = device_data.load_split('demo', 'train')
+  images = jax.device_put(split.images)
+  indices = device_data.batch_indices(0, 3, 8, split.num_examples)
+  batch = device_data.gather(images, jax.device_put(split.labels), indices)
+  a = device_augment.finetune_views(jax.random.key(0), batch['image'], 32)
+  assert a.shape == (8, 32, 32, 3), a.shape
+  assert not any(name.startswith('tensorflow') and sys.modules[name] is not None
+                 for name in sys.modules)
+  print('ok', split.num_examples)
+""")
+
+
+def test_device_path_runs_without_tensorflow():
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': ''}
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  result = subprocess.run([sys.executable, '-c', _NO_TF_SCRIPT], env=env, cwd=root,
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.split() == ['ok', '1000']
