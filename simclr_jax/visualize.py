@@ -209,11 +209,12 @@ def encoder_features(
     return augment.preprocess_for_eval(image, data.image_size, data.eval_crop_proportion), \
       example['label']
 
-  dataset = _spread(source, max_points).map(preprocess).batch(FEATURE_BATCH)
+  batch_size = min(FEATURE_BATCH, max_points)
+  dataset = _spread(source, max_points).map(preprocess).batch(batch_size)
   features, labels = [], []
   for images, batch_labels in dataset.as_numpy_iterator():
     count = len(images)  # Pad to a fixed batch: one compile.
-    padded = np.pad(images, [(0, FEATURE_BATCH - count), (0, 0), (0, 0), (0, 0)])
+    padded = np.pad(images, [(0, batch_size - count), (0, 0), (0, 0), (0, 0)])
     features.append(np.asarray(apply(device_variables, padded))[:count])
     labels.append(batch_labels)
   if not features:
