@@ -116,12 +116,13 @@ def _parse_encoder(names: list[str], unmapped: dict[str, str]) -> dict[int, dict
     entry = groups[group].setdefault(counter, _Block(kind=block or 'stem'))
     entry.selective_kernel |= any(_split_counter(p)[0] == 'sk__conv2d' for p in parts)
     layer, number = _split_counter(parts[-2])
-    if layer == 'conv2d' and parts[-1] == 'kernel':
+    if layer == 'conv2d' and parts[-1] == 'kernel' and number not in entry.convs:
       entry.convs[number] = name
-    elif layer in _BN_LAYERS and parts[-1] in _BN_LEAVES:
+    elif layer in _BN_LAYERS and parts[-1] in _BN_LEAVES \
+        and parts[-1] not in entry.bns.get(number, {}):
       entry.bns.setdefault(number, {})[parts[-1]] = name
     else:
-      unmapped[name] = 'not a conv kernel or BN variable'
+      unmapped[name] = 'not a conv kernel or BN variable, or a second one with its creation counter'
   return groups
 
 
@@ -198,8 +199,9 @@ def infer_architecture(variables: dict[str, Any]) -> dict[str, Any]:
   last_convs = [shape(n) for b in groups.get(4, {}).values() for n in b.convs.values()]
   num_features = max(s[-1] for s in last_convs) if last_convs else None
   expansion = 4 if block_type == 'bottleneck' else 1
-  depths = [d for d in (18, 34, 50, 101, 152, 200)
-            if resnet.blocks_for_depth(d) == blocks and resnet.block_type_for_depth(d) == block_type]
+  depths = [depth for depth in (18, 34, 50, 101, 152, 200)
+            if resnet.blocks_for_depth(depth) == blocks
+            and resnet.block_type_for_depth(depth) == block_type]
 
   head_layers = collections.defaultdict(list)  # nl index -> its dense kernels' shapes
   classifier = None

@@ -1,5 +1,6 @@
 """The importer against the official TF2 fixtures: every endpoint, both modes, both networks."""
 
+import collections
 import functools
 import os
 import pathlib
@@ -114,6 +115,84 @@ def test_unmapped_and_missing_variables_are_listed_not_dropped():
   assert 'squeeze_excite/dense_9/kernel unmapped' in message
   assert 'optimizer/momentum/kernel unmapped' in message
   assert 'head_supervised/linear_layer/dense/bias (10,) (params) missing' in message
+
+
+def _official_r50_names(sk: bool) -> dict[str, np.ndarray]:
+  """Variables named as the official TF2 code names a ResNet-50 1x SimCLRv2 (Keras creation
+  counters in the official construction order). Each value is its variable's creation index,
+  broadcast (no memory), so a test can tell where each one landed."""
+  counters = collections.Counter()
+  variables = {}
+
+  def unique(base):
+    counters[base] += 1
+    return base if counters[base] == 1 else f'{base}_{counters[base] - 1}'
+
+  def conv(scope, k, c_in, c_out, fixed_padding=True):
+    wrapper = f'{unique("conv2d_fixed_padding")}/' if fixed_padding else ''
+    variables[f'{scope}/{wrapper}{unique("conv2d")}/kernel'] = (k, k, c_in, c_out)
+
+  def bn(scope, c, center=True):
+    layer = f'{scope}/{unique("batch_norm_relu")}/{unique("sync_batch_normalization")}'
+    for leaf in ('gamma', 'beta', 'moving_mean', 'moving_variance'):
+      if center or leaf != 'beta':
+        variables[f'{layer}/{leaf}'] = (c,)
+
+  for c_in, c_out in [(3, 32), (32, 32), (32, 64)] if sk else [(3, 64)]:
+    conv('resnet', 3 if sk else 7, c_in, c_out), bn('resnet', c_out)
+  c_in = 64
+  for g, num_blocks in enumerate((3, 4, 6, 3)):
+    f = 64 * 2**g
+    mid = max(int(f * 0.0625), 32)
+    for b in range(num_blocks):
+      scope = f'resnet/block_group{g + 1}/{unique("bottleneck_block")}'
+      if b == 0:
+        conv(scope, 1, c_in, 4 * f), bn(scope, 4 * f)
+      conv(scope, 1, c_in if b == 0 else 4 * f, f), bn(scope, f)
+      if sk:
+        sk_scope = f'{scope}/{unique("sk__conv2d")}'
+        conv(sk_scope, 3, f, 2 * f), bn(sk_scope, 2 * f)
+        conv(sk_scope, 1, f, mid, fixed_padding=False), bn(sk_scope, mid)
+        conv(sk_scope, 1, mid, 2 * f, fixed_padding=False)
+      else:
+        conv(scope, 3, f, f), bn(scope, f)
+      conv(scope, 1, f, 4 * f), bn(scope, 4 * f)
+    c_in = 4 * f
+  for j in range(3):
+    variables[f'projection_head/nl_{j}/{unique("dense")}/kernel'] = (2048, 128 if j == 2 else 2048)
+    bn(f'projection_head/nl_{j}', 128 if j == 2 else 2048, center=j < 2)
+  dense = unique('dense')
+  variables[f'head_supervised/linear_layer/{dense}/kernel'] = (2048, 1000)
+  variables[f'head_supervised/linear_layer/{dense}/bias'] = (1000,)
+  return {name: np.broadcast_to(np.float32(index), shape)
+          for index, (name, shape) in enumerate(variables.items())}
+
+
+# Backbone values incl. BN statistics of r50_1x_sk0 / r50_1x_sk1 (REFERENCE §3).
+@pytest.mark.parametrize('sk,backbone_values', [(False, 23_561_152), (True, 35_277_408)])
+def test_full_depth_official_naming_maps_block_by_block(sk, backbone_values):
+  config = official_fixture.get_config('sk1' if sk else 'sk0')
+  config.model.blocks_per_stage = None  # depth 50: (3, 4, 6, 3)
+  config.model.width_multiplier = 1.0
+  config.data.image_size = 224
+  variables = _official_r50_names(sk)
+  params, batch_stats, info = import_tf2.convert_variables(variables, config)
+  arch = info['architecture']
+  assert (arch['depth'], arch['blocks_per_stage'], arch['num_classes']) == (50, (3, 4, 6, 3), 1000)
+  sizes = lambda tree: sum(np.size(x) for x in jax.tree.leaves(tree))
+  assert sizes(params['encoder']) + sizes(batch_stats['encoder']) == backbone_values
+  assert params['encoder']['stage3']['block_5']['conv_2']['kernel'].shape == (1, 1, 256, 1024)
+  # Creation order survives: blocks in counter order (bottleneck_block_10 after _9, not after
+  # _1), and inside a block the shortcut, then the main path.
+  def created(block, layer):
+    stage, index = block
+    return float(params['encoder'][stage][index][layer]['kernel'][0, 0, 0, 0])
+
+  blocks = [(f'stage{g}', f'block_{b}') for g, n in enumerate((3, 4, 6, 3), 1) for b in range(n)]
+  order = [created(block, 'conv_0') for block in blocks]
+  assert order == sorted(order)
+  first = blocks[0]
+  assert created(first, 'shortcut_conv') < created(first, 'conv_0') < created(first, 'conv_2')
 
 
 def test_cli_round_trip_writes_a_checkpoint_that_restores_equal(tmp_path):
