@@ -15,6 +15,8 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.name = 'default'  # Run name; the default workdir is workdirs/<name>.
   config.seed = 0  # Root of every random draw: init, data order, augmentations.
+  # Persistent XLA compilation cache: restarts (e.g. after preemption) skip compiling. '' = off.
+  config.compilation_cache_dir = ''
   # Stages run in order, each in workdir/<stage>/: 'pretrain', 'finetune', 'distill', and
   # 'supervised' (the finetune recipe from scratch: the baseline that shows what pretraining bought).
   config.stages = ('pretrain',)

@@ -8,6 +8,7 @@ the newest checkpoint in the workdir.
 
 import logging as python_logging
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -51,6 +52,9 @@ def main(argv: list[str]) -> None:
       num_processes=config.distributed.num_processes,
       process_id=config.distributed.process_id,
     )
+  if config.compilation_cache_dir:
+    jax.config.update('jax_compilation_cache_dir', config.compilation_cache_dir)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
   workdir = _WORKDIR.value or default_workdir(config.name)
   logging.info('JAX %s: %d processes, %d devices (%s); workdir %s', jax.__version__,
                jax.process_count(), jax.device_count(), jax.devices()[0].platform, workdir)
@@ -58,7 +62,7 @@ def main(argv: list[str]) -> None:
     validation.validate_config(config, jax.device_count(), jax.process_count())
     all_results = run.run_stages(config, workdir)
   except (validation.ConfigError, FileNotFoundError) as error:
-    raise app.UsageError(str(error)) from None
+    sys.exit(f'error: {error}')  # One line, no traceback, no flag dump.
   except workdir_lib.Preempted as stop:
     logging.warning('%s', stop)
     print(f'Stopped on request ({stop}); the same command resumes.')

@@ -102,10 +102,11 @@ def run_stages(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dic
   """Runs every stage of `config.stages`; returns {stage: results}."""
   # Every stage's settings are checked before the first one starts: a typo in the distillation
   # section must not surface after days of pretraining.
-  for stage in config.stages:
+  stages = validation.stage_list(config)
+  for stage in stages:
     validation.validate_config(stage_config(config, stage), jax.device_count(), jax.process_count())
   all_results = {}
-  for stage in config.stages:
+  for stage in stages:
     directory = stage_workdir(workdir, stage)
     if _is_complete(directory):
       logging.info('%s: complete in %s; skipping (delete it to rerun).', stage, directory)

@@ -193,8 +193,17 @@ def _has_checkpoints(workdir: str) -> bool:
   return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
 
 
+def stage_list(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """config.stages as a tuple of names; `--config.stages=pretrain,finetune` may arrive as one
+  string (or a 1-tuple holding it), so commas are split here."""
+  stages = config.stages
+  items = [stages] if isinstance(stages, str) else list(stages)
+  names = [n.strip(" '\"()") for item in items for n in str(item).split(',')]
+  return tuple(n for n in names if n)
+
+
 def validate_stages(config: ml_collections.ConfigDict) -> None:
-  stages = tuple(config.stages)
+  stages = stage_list(config)
   _require(len(stages) > 0, 'config.stages is empty; use e.g. ("pretrain",)')
   for stage in stages:
     _require(stage in STAGES, f'config.stages has unknown stage {stage!r}; use any of {STAGES}')

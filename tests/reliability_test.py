@@ -26,6 +26,9 @@ TINY = [
 
 
 def _start(workdir_path, *extra):
+  # A shared compilation cache: restarts skip compiling, as after a real preemption.
+  cache = os.path.join(os.path.dirname(str(workdir_path)), 'xla_cache')
+  extra = (*extra, f'--config.compilation_cache_dir={cache}')
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   env['XLA_FLAGS'] = '--xla_force_host_platform_device_count=2'
   return subprocess.Popen(
