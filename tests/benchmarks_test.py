@@ -1,0 +1,62 @@
+"""Smoke tests of benchmarks/*.py: each main runs in a tiny mode and writes the expected JSON."""
+
+import importlib.util
+import json
+import os
+import sys
+
+import pytest
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks')
+
+
+def _load(name: str):
+  if BENCHMARKS not in sys.path:
+    sys.path.insert(0, BENCHMARKS)  # The scripts import their sibling `common`.
+  spec = importlib.util.spec_from_file_location(f'benchmark_{name}', f'{BENCHMARKS}/{name}.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _run(name: str, tmp_path, argv: list[str]) -> dict:
+  output = str(tmp_path / f'{name}.json')
+  returned = _load(name).main(argv + [f'--output={output}'])
+  with open(output) as f:
+    written = json.load(f)
+  assert written['benchmark'] == name and 'cpu' in written['machine']
+  assert set(returned) <= set(written)
+  return written
+
+
+def test_train_step(tmp_path):
+  result = _run('train_step', tmp_path, ['--config=configs/demo.py', '--batch=16', '--steps=1',
+                                         '--width=0.125'])
+  for key in ('compile_s', 'steps_per_s', 'views_per_s_per_device', 'flops_per_step',
+              'peak_memory_bytes', 'mfu'):
+    assert key in result
+  assert result['steps_per_s'] > 0 and result['num_devices'] == 8
+
+
+def test_ntxent_scaling(tmp_path):
+  result = _run('ntxent_scaling', tmp_path, ['--batches=64,128', '--fixed_batch=64', '--dim=8'])
+  assert [r['global_batch'] for r in result['by_global_batch']] == [64, 128]
+  assert [r['devices'] for r in result['by_devices']] == [1, 2, 4, 8]
+  assert result['slope_vs_devices'] < 0  # Fewer rows per device, less memory.
+
+
+def test_input_pipeline(tmp_path):
+  result = _run('input_pipeline', tmp_path, ['--batch=8', '--batches=1', '--sizes=32'])
+  modes = [(r['image_size'], r['mode']) for r in result['rows']]
+  assert modes == [(32, 'crop_flip'), (32, 'full')]
+  for row in result['rows']:
+    assert row['host_images_per_s_per_core'] > 0 and row['device_images_per_s'] > 0
+
+
+@pytest.mark.slow
+def test_cifar10_on_demo_folder(tmp_path):
+  demo = os.path.join(os.path.dirname(BENCHMARKS), 'simclr_jax', 'demo_data', 'cifar10')
+  result = _run('cifar10', tmp_path, [f'--data={demo}', '--steps=2', '--batch=16', '--width=0.125',
+                                      '--knn_k=5', f'--workdir={tmp_path / "work"}'])
+  assert result['steps'] == 2 and result['views_per_s'] > 0
+  assert 0.0 <= result['eval_top1'] <= 1.0
