@@ -5,7 +5,12 @@ import os
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 _flags = os.environ.get('XLA_FLAGS', '')
 if '--xla_force_host_platform_device_count' not in _flags:
-  os.environ['XLA_FLAGS'] = (_flags + ' --xla_force_host_platform_device_count=8').strip()
+  _flags += ' --xla_force_host_platform_device_count=8'
+# The suite is dominated by compiling many small programs: skipping LLVM's backend optimisation
+# makes that about 3x faster on CPU, and every numerical comparison still holds.
+if '--xla_backend_optimization_level' not in _flags:
+  _flags += ' --xla_backend_optimization_level=0'
+os.environ['XLA_FLAGS'] = _flags.strip()
 # Keep TensorFlow off any accelerator and quiet; the tests only use it for tf.data on CPU.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')

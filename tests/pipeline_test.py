@@ -134,7 +134,7 @@ def test_eval_batches_are_in_order_and_padded_with_a_mask():
     pipeline.make_eval_dataset(source, batch_size=4, image_size=36)
   ))
   assert len(batches) == 3
-  assert set(batches[0]) == {'image', 'label', 'mask'}
+  assert set(batches[0]) == {'image', 'label', 'index', 'mask'}
   for batch in batches:
     assert batch['image'].shape == (4, 36, 36, 3) and batch['mask'].dtype == np.float32
   mask = np.concatenate([b['mask'] for b in batches])

@@ -30,7 +30,7 @@ def _start(workdir_path, *extra):
   cache = os.path.join(os.path.dirname(str(workdir_path)), 'xla_cache')
   extra = (*extra, f'--config.compilation_cache_dir={cache}')
   env = dict(os.environ, JAX_PLATFORMS='cpu')
-  env['XLA_FLAGS'] = '--xla_force_host_platform_device_count=2'
+  env['XLA_FLAGS'] = '--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0'
   return subprocess.Popen(
     [sys.executable, '-m', 'simclr_jax.main', f'--workdir={workdir_path}', *TINY, *extra],
     cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
