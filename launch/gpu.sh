@@ -52,12 +52,17 @@ if ! [[ $port =~ ^[0-9]+$ ]]; then
 fi
 
 is_local() {
-  [[ $1 == localhost || $1 == 127.0.0.1 || $1 == "$(hostname)" || $1 == "$(hostname -f 2>/dev/null)" ]]
+  [[ $1 == localhost || $1 == 127.0.0.1 || $1 == "$(hostname)" ||
+     $1 == "$(hostname -f 2>/dev/null)" ]]
 }
 
 # Quotes a word for a shell command line (so printed commands can be pasted).
 quote() {
-  if [[ $1 =~ ^[A-Za-z0-9_./:=@%+,~-]+$ ]]; then printf '%s' "$1"; else printf "'%s'" "${1//\'/\'\\\'\'}"; fi
+  if [[ $1 =~ ^[A-Za-z0-9_./:=@%+,~-]+$ ]]; then
+    printf '%s' "$1"
+  else
+    printf "'%s'" "${1//\'/\'\\\'\'}"
+  fi
 }
 
 # The command line of one process; extra arguments are appended after the config overrides.

@@ -22,7 +22,8 @@ set -euo pipefail
 
 usage() {
   echo "usage: $0 [--create] [--accelerator-type=T] [--version=V] [--spot] [--project=P]" \
-    "[--skip-install] [--dry-run] TPU_NAME ZONE CONFIG gs://BUCKET/WORKDIR [--config.field=value ...]" >&2
+    "[--skip-install] [--dry-run] TPU_NAME ZONE CONFIG gs://BUCKET/WORKDIR" \
+    "[--config.field=value ...]" >&2
   exit 2
 }
 
@@ -61,7 +62,11 @@ run() {
   if [ "$dry_run" = 1 ]; then
     local word out=()
     for word in "$@"; do
-      if [[ $word =~ ^[A-Za-z0-9_./:=@%+,~-]+$ ]]; then out+=("$word"); else out+=("'${word//\'/\'\\\'\'}'"); fi
+      if [[ $word =~ ^[A-Za-z0-9_./:=@%+,~-]+$ ]]; then
+        out+=("$word")
+      else
+        out+=("'${word//\'/\'\\\'\'}'")
+      fi
     done
     echo "${out[*]}"
   else
@@ -85,8 +90,9 @@ if [ "$install" = 1 ]; then
     --exclude=__pycache__ -C "$repo" .
   run "${gcloud_tpu[@]}" scp "$tarball" "$tpu_name":simclr_jax_src.tar.gz "${where[@]}" --worker=all
   run "${gcloud_tpu[@]}" ssh "$tpu_name" "${where[@]}" --worker=all --command="set -e; \
-rm -rf ~/simclr_jax_src && mkdir -p ~/simclr_jax_src && tar -xzf ~/simclr_jax_src.tar.gz -C ~/simclr_jax_src; \
-python3 -m venv ~/simclr_venv && cd ~/simclr_jax_src && ~/simclr_venv/bin/pip install -q -e '.[tpu]'"
+rm -rf ~/simclr_jax_src && mkdir -p ~/simclr_jax_src; \
+tar -xzf ~/simclr_jax_src.tar.gz -C ~/simclr_jax_src; python3 -m venv ~/simclr_venv; \
+cd ~/simclr_jax_src && ~/simclr_venv/bin/pip install -q -e '.[tpu]'"
 fi
 
 train_args=$(printf ' %q' --config="$config" --workdir="$workdir" \
@@ -98,6 +104,7 @@ echo \"already running on \$(hostname)\"; exit 1; fi; \
 nohup ~/simclr_venv/bin/python -m simclr_jax.main$train_args > ~/simclr_train.log 2>&1 & \
 echo \$! > ~/simclr_train.pid; echo \"started on \$(hostname)\""
 
-echo "Logs:        ${gcloud_tpu[*]} ssh $tpu_name ${where[*]} --worker=0 --command='tail -f ~/simclr_train.log'"
+echo "Logs:        ${gcloud_tpu[*]} ssh $tpu_name ${where[*]} --worker=0" \
+  "--command='tail -f ~/simclr_train.log'"
 echo "TensorBoard: tensorboard --logdir $workdir"
 echo "Delete:      ${gcloud_tpu[*]} delete $tpu_name ${where[*]}"

@@ -1,4 +1,4 @@
-"""Launch scripts: --dry-run prints the right commands; bad arguments give a usage line and exit 2."""
+"""Launch scripts: --dry-run prints the right commands; bad arguments: a usage line, exit 2."""
 
 import os
 import re
