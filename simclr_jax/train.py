@@ -23,10 +23,11 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from clu import metric_writers, parameter_overview, periodic_actions
+from clu import parameter_overview
 from jax.sharding import PartitionSpec as P
 
-from simclr_jax import checkpoints, evaluation, optim, sharding, stages, validation, workdir as workdir_lib
+from simclr_jax import checkpoints, evaluation, optim, progress, sharding, stages, validation
+from simclr_jax import workdir as workdir_lib
 from simclr_jax.data import input as data_input
 from simclr_jax.models import simclr as simclr_model
 
@@ -225,7 +226,7 @@ def train_and_evaluate(
                  meta.get('step'))
   start_step = int(jax.device_get(state.step))
 
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  writer = progress.create_writer(workdir, just_logging=jax.process_index() > 0)
   if start_step == 0:
     parameter_overview.log_parameter_overview(state.params)
     writer.write_hparams(_flat_hparams(config))
@@ -239,7 +240,7 @@ def train_and_evaluate(
   train_step = make_train_step(spec.loss_fn, tx, schedule, mesh, spec.trainable)
   eval_step = evaluation.make_eval_step(spec.model, mesh)
   knn = _KnnMonitor(config, spec.model, mesh) if stage == 'pretrain' else None
-  report_progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
+  report_progress = progress.create_progress(total_steps, writer)
 
   def log(step: int, metrics: dict[str, float]) -> None:
     writer.write_scalars(step, metrics)

@@ -8,6 +8,8 @@ supervised baseline) one crop+flip view of the labelled subset; distillation one
 of every train image, labels kept only for the labelled subset.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import math
 from typing import Callable, Iterator
@@ -16,7 +18,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from simclr_jax.data import pipeline, sources, subsets
+try:  # TensorFlow powers the host pipelines; device-resident data needs only JAX.
+  from simclr_jax.data import pipeline, sources, subsets
+except ImportError:  # pragma: no cover - exercised by the no-TensorFlow test.
+  pipeline = sources = subsets = None
 
 Batches = Iterator[dict[str, np.ndarray]]
 

@@ -1,0 +1,73 @@
+"""Metric writers and the progress line (steps/s, ETA), with or without TensorFlow.
+
+With TensorFlow installed (the normal install) these are clu's: TensorBoard event files in the
+workdir plus the log, and `ReportProgress`. clu's writers import TensorFlow at import time, so
+when it is absent (device-resident training needs only JAX) the same interface falls back to
+the log, still with steps/s and ETA; `metrics.jsonl` is written either way by the loop.
+"""
+
+import time
+from typing import Any, Mapping
+
+from absl import logging
+
+
+def tensorflow_available() -> bool:
+  try:
+    import tensorflow  # noqa: F401
+  except ImportError:
+    return False
+  return True
+
+
+class LogWriter:
+  """The subset of clu's MetricWriter the loop uses, writing to the absl log only."""
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    text = ', '.join(f'{k}={float(v):.6g}' for k, v in sorted(scalars.items()))
+    logging.info('[%d] %s', step, text)
+
+  def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+    logging.info('[Hyperparameters] %s', dict(hparams))
+
+  def flush(self) -> None:
+    pass
+
+
+class ProgressLog:
+  """steps/s, percentage and ETA in the log every `every_secs` (clu ReportProgress fallback)."""
+
+  def __init__(self, num_train_steps: int, writer: Any, every_secs: float = 60.0):
+    self.num_train_steps, self.writer, self.every_secs = num_train_steps, writer, every_secs
+    self._last_time, self._last_step = None, None
+
+  def __call__(self, step: int) -> None:
+    now = time.time()
+    if self._last_time is None:
+      self._last_time, self._last_step = now, step
+      return
+    if now - self._last_time < self.every_secs and step < self.num_train_steps:
+      return
+    rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
+    eta = (self.num_train_steps - step) / max(rate, 1e-9)
+    logging.info('%.2f steps/s, %.1f%% (%d/%d), ETA: %dm%02ds', rate,
+                 100 * step / self.num_train_steps, step, self.num_train_steps, eta // 60, eta % 60)
+    self.writer.write_scalars(step, {'steps_per_sec': rate})
+    self._last_time, self._last_step = now, step
+
+
+def create_writer(workdir: str, just_logging: bool):
+  if tensorflow_available():
+    from clu import metric_writers
+
+    return metric_writers.create_default_writer(workdir, just_logging=just_logging)
+  logging.warning('TensorFlow is not installed: metrics go to the log and metrics.jsonl only.')
+  return LogWriter()
+
+
+def create_progress(num_train_steps: int, writer: Any):
+  if tensorflow_available():
+    from clu import periodic_actions
+
+    return periodic_actions.ReportProgress(num_train_steps=num_train_steps, writer=writer)
+  return ProgressLog(num_train_steps, writer)
