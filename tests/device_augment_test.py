@@ -157,6 +157,20 @@ def test_jitter_and_grayscale_frequencies_same_as_tf():
   _assert_same_frequency(np.sum(tf_outcomes == 1), np.sum(jax_outcomes == 1), NUM_DRAWS, 0.64)
 
 
+def test_color_jitter_applies_the_drawn_ops_in_the_drawn_order():
+  image = jnp.asarray(_image())
+  for seed in range(4):
+    key = jax.random.key(seed)
+    k_order, k_factors = jax.random.split(key)
+    factors = da.jitter_factors(k_factors, 1.0)
+    ops = [da.adjust_brightness, da.adjust_contrast, da.adjust_saturation, da.adjust_hue]
+    expected = image
+    for op in np.asarray(jax.random.permutation(k_order, 4)):  # Reference: one op at a time.
+      expected = jnp.clip(ops[op](expected, factors[op]), 0.0, 1.0)
+    np.testing.assert_allclose(jax.jit(da.color_jitter, static_argnums=2)(key, image, 1.0),
+                               expected, atol=1e-5)
+
+
 def test_jitter_order_is_a_uniform_permutation():
   orders = _jax_over_keys(lambda k: jax.random.permutation(jax.random.split(k)[0], 4), 4000)
   codes = orders @ np.array([64, 16, 4, 1])
