@@ -73,6 +73,7 @@ def get_config() -> ml_collections.ConfigDict:
   train.eval_at_end = True  # Evaluate the probe on the eval split at the end.
   train.eval_every_steps = 0  # If > 0, also evaluate every N steps.
   train.eval_batch_size = 256  # Global eval batch (padded and masked, so any size works).
+  train.plots_at_end = True  # Augmentations, t-SNE and curves into <stage workdir>/plots/.
   train.skip_nonfinite_updates = False  # Skip (not apply) updates with NaN/Inf gradients.
   train.allow_config_change = False  # Continue a workdir whose saved config differs.
 

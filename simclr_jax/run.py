@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 from absl import logging
+from etils import epath
 
 from simclr_jax import checkpoints, train, validation
 from simclr_jax.data import input as data_input
@@ -44,12 +45,16 @@ def stage_workdir(workdir: str, stage: str) -> str:
   return os.path.join(workdir, stage)
 
 
+def _read_results(directory: str) -> dict[str, Any] | None:
+  path = epath.Path(directory) / train.RESULTS_FILE
+  return json.loads(path.read_text()) if path.exists() else None
+
+
 def _is_complete(directory: str) -> bool:
-  results = os.path.join(directory, train.RESULTS_FILE)
-  if not os.path.exists(results):
+  results = _read_results(directory)
+  if results is None:
     return False
-  with open(results) as f:
-    steps = json.load(f).get('steps')
+  steps = results.get('steps')
   manager = checkpoints.make_manager(directory, keep=1)
   return manager.latest_step() == steps
 
@@ -110,12 +115,18 @@ def run_stages(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dic
     directory = stage_workdir(workdir, stage)
     if _is_complete(directory):
       logging.info('%s: complete in %s; skipping (delete it to rerun).', stage, directory)
-      with open(os.path.join(directory, train.RESULTS_FILE)) as f:
-        all_results[stage] = json.load(f)
+      all_results[stage] = _read_results(directory)
       continue
     derived = stage_config(config, stage)
     all_results[stage] = train.train_and_evaluate(
       derived, directory, stage=stage, restore=_restore_for(config, stage, workdir))
+  if config.train.plots_at_end and len(stages) > 1 and jax.process_index() == 0:
+    try:
+      from simclr_jax import visualize
+
+      visualize.render_run_plots(config, workdir, which=('stages',))
+    except Exception as error:  # noqa: BLE001 - a plot must never fail a finished run.
+      logging.warning('Stage plot skipped: %s: %s', type(error).__name__, error)
   return all_results
 
 

@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
+from etils import epath
 from clu import parameter_overview
 from jax.sharding import PartitionSpec as P
 
@@ -302,8 +303,9 @@ def train_and_evaluate(
   results['config'] = json.loads(config.to_json_best_effort())
   writer.flush()
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, RESULTS_FILE), 'w') as f:
-      json.dump(results, f, indent=2)
+    (epath.Path(workdir) / RESULTS_FILE).write_text(json.dumps(results, indent=2))
+  if config.train.plots_at_end:
+    _render_plots(config, workdir, state)
   logging.info('%s results: %s', stage, {k: v for k, v in results.items() if k != 'config'})
   return results
 
@@ -324,6 +326,18 @@ class _KnnMonitor:
       num_classes=self.queries.num_classes, k=self.config.knn.k,
       temperature=self.config.knn.temperature,
     )
+
+
+def _render_plots(config, workdir: str, state: TrainState) -> None:
+  """Augmentation grid, t-SNE and curves into workdir/plots (never fails the stage)."""
+  try:
+    from simclr_jax import visualize
+
+    variables = jax.device_get({'params': state.params, 'batch_stats': state.batch_stats})
+    written = visualize.render_stage_plots(config, workdir, variables=variables)
+    logging.info('Plots: %s', ', '.join(written))
+  except Exception as error:  # noqa: BLE001 - a plot must never lose a finished stage.
+    logging.warning('Plots skipped: %s: %s', type(error).__name__, error)
 
 
 def _mean_metrics(history: list[dict]) -> dict[str, float]:
@@ -347,8 +361,13 @@ def _flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def _append_jsonl(workdir: str, record: dict[str, Any]) -> None:
-  """One JSON object per logged step in workdir/metrics.jsonl: easy to read and plot."""
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, METRICS_FILE), 'a') as f:
-      f.write(json.dumps({k: (int(v) if k == 'step' else float(v)) for k, v in record.items()}))
-      f.write('\n')
+  """One JSON object per logged step in workdir/metrics.jsonl: easy to read and plot.
+
+  Rewritten whole (not appended) so it works on gs:// too, where files cannot be appended to.
+  """
+  if jax.process_index() != 0:
+    return
+  path = epath.Path(workdir) / METRICS_FILE
+  line = json.dumps({k: (int(v) if k == 'step' else float(v)) for k, v in record.items()})
+  previous = path.read_text() if path.exists() else ''
+  path.write_text(previous + line + '\n')

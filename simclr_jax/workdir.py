@@ -15,6 +15,7 @@ import threading
 import jax
 import ml_collections
 from absl import logging
+from etils import epath
 from flax import traverse_util
 
 from simclr_jax import validation
@@ -26,7 +27,8 @@ MIN_FREE_BYTES = 256 * 2**20
 MAY_CHANGE = (
   'train.train_steps', 'train.train_epochs', 'train.log_every_steps',
   'train.checkpoint_every_steps', 'train.keep_checkpoints', 'train.eval_every_steps',
-  'train.eval_batch_size', 'train.eval_at_end', 'train.allow_config_change', 'knn.', 'distributed.',
+  'train.eval_batch_size', 'train.eval_at_end', 'train.allow_config_change', 'train.plots_at_end',
+  'compilation_cache_dir', 'knn.', 'distributed.',
   'stages', 'name',
 )
 
@@ -64,11 +66,10 @@ def _defining_fields(config_dict: dict) -> dict:
 
 def check_same_run(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Refuses a workdir whose saved config differs in a run-defining field (unless allowed)."""
-  path = os.path.join(workdir, CONFIG_FILE)
+  path = epath.Path(workdir) / CONFIG_FILE
   current = json.loads(config.to_json_best_effort())
-  if os.path.exists(path):
-    with open(path) as f:
-      saved = _defining_fields(json.load(f))
+  if path.exists():
+    saved = _defining_fields(json.loads(path.read_text()))
     now = _defining_fields(current)
     differing = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
     if differing and not config.train.allow_config_change:
@@ -78,8 +79,7 @@ def check_same_run(config: ml_collections.ConfigDict, workdir: str) -> None:
         'or pass --config.train.allow_config_change=True to continue it anyway'
       )
   if jax.process_index() == 0:
-    with open(path, 'w') as f:
-      json.dump(current, f, indent=2)
+    path.write_text(json.dumps(current, indent=2))
 
 
 class PreemptionWatcher:
