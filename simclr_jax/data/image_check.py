@@ -52,11 +52,6 @@ def _problem(path: str, size: int, full: bool) -> str:
   return ''
 
 
-def _key(path: str, full: bool) -> tuple[tuple[str, int, int, bool], int]:
-  stat = os.stat(path)
-  return (path, stat.st_size, stat.st_mtime_ns, full), stat.st_size
-
-
 def find_unreadable(
   paths: Sequence[str], *, full_check_max_bytes: int = FULL_CHECK_MAX_BYTES
 ) -> tuple[dict[str, str], bool]:
@@ -64,19 +59,25 @@ def find_unreadable(
 
   Each newly found bad file is logged (absl warning) with its path and reason.
   """
-  keys, sizes = zip(*(_key(path, True) for path in paths)) if paths else ((), ())
-  full = sum(sizes) <= full_check_max_bytes
+  stats = [os.stat(path) for path in paths]
+  total_bytes = sum(stat.st_size for stat in stats)
+  full = total_bytes <= full_check_max_bytes
   if not full:
-    keys = tuple((path, size, mtime, False) for path, size, mtime, _ in keys)
     logging.info('%d image files (%.1f GB) exceed %.1f GB: checking headers only; decode errors '
-                 'are skipped by tf.data.', len(paths), sum(sizes) / 1e9, full_check_max_bytes / 1e9)
+                 'are skipped by tf.data.', len(paths), total_bytes / 1e9,
+                 full_check_max_bytes / 1e9)
+  keys = [(path, stat.st_size, stat.st_mtime_ns, full) for path, stat in zip(paths, stats)]
   todo = [key for key in keys if key not in _verdicts]
-  if todo:
-    workers = min(32, os.cpu_count() or 1)
-    # Pillow releases the GIL while decoding, so threads overlap the work of many files.
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-      problems = pool.map(lambda key: _problem(key[0], key[1], full), todo)
-      for key, problem in zip(todo, problems):
+  if len(todo) > 10_000:
+    logging.info('Checking %d image files (%s).', len(todo), 'full decode' if full else 'headers')
+  # Chunks keep the number of futures small for million-file folders; Pillow releases the GIL
+  # while decoding, so threads overlap the work.
+  chunks = [todo[i:i + 256] for i in range(0, len(todo), 256)]
+  with concurrent.futures.ThreadPoolExecutor(min(32, os.cpu_count() or 1)) as pool:
+    results = pool.map(lambda chunk: [_problem(path, size, full) for path, size, _, _ in chunk],
+                       chunks)
+    for chunk, problems in zip(chunks, results):
+      for key, problem in zip(chunk, problems):
         _verdicts[key] = problem
         if problem:
           logging.warning('Skipping unreadable image %s (%s).', key[0], problem)
