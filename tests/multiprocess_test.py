@@ -66,8 +66,8 @@ def _record_params(record: dict) -> None:
   def recording_factory(*args, **kwargs):
     step = original(*args, **kwargs)
 
-    def recording_step(state, batch, aux=None):
-      state, metrics = step(state, batch, aux)
+    def recording_step(state, *rest):
+      state, metrics = step(state, *rest)
       replicas = [jax.tree.map(lambda x: np.asarray(x.addressable_data(i)), state.params)
                   for i in range(jax.local_device_count())]
       record['local_replicas_equal'] = all(
