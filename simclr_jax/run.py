@@ -88,7 +88,14 @@ def _init_from(config, stage: str, source: str, prefixes: tuple[str, ...]) -> di
   """Restored encoder/head variables merged into a fresh init of the stage's model."""
   params, batch_stats, _ = checkpoints.restore_variables(source)
   derived = stage_config(config, stage)
-  num_classes = data_input.load_source(derived, derived.data.train_split).num_classes
+  if derived.data.device_resident:
+    from simclr_jax.data import device_data
+
+    data = derived.data
+    num_classes = len(device_data.load_split(
+      data.dataset, data.train_split, data.folder, data.tfds_data_dir).class_names)
+  else:
+    num_classes = data_input.load_source(derived, derived.data.train_split).num_classes
   model = train.build_model(derived, num_classes)
   fresh = jax.jit(lambda: model.init(
     jax.random.fold_in(jax.random.key(derived.seed), 0),

@@ -125,10 +125,18 @@ def init_state(model, tx, image_size: int, seed: int, mesh, variables: dict | No
   return jax.jit(init, out_shardings=sharding.replicated(mesh))(rng, variables)
 
 
-def make_train_step(loss_fn: stages.LossFn, tx, schedule, mesh, trainable: Any = None):
-  """jit(shard_map(step)): one optimizer update on a global batch; state donated."""
+def make_train_step(
+  loss_fn: stages.LossFn, tx, schedule, mesh, trainable: Any = None, prepare=None
+):
+  """jit(shard_map(step)): one optimizer update on a global batch; state donated.
 
-  def step_fn(state: TrainState, batch, aux):
+  `prepare(batch, dataset, step)` (device-resident data) turns the host's example indices into
+  augmented views on the device before the loss; `dataset` is passed replicated each call.
+  """
+
+  def step_fn(state: TrainState, batch, aux, dataset):
+    if prepare is not None:
+      batch = prepare(batch, dataset, state.step)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (_, (batch_stats, metrics)), grads = grad_fn(state.params, state.batch_stats, batch, aux)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -142,19 +150,21 @@ def make_train_step(loss_fn: stages.LossFn, tx, schedule, mesh, trainable: Any =
     return TrainState(state.step + 1, params, batch_stats, opt_state), metrics
 
   sharded = jax.shard_map(
-    step_fn, mesh=mesh, in_specs=(P(), P(sharding.DATA_AXIS), P()), out_specs=(P(), P())
+    step_fn, mesh=mesh, in_specs=(P(), P(sharding.DATA_AXIS), P(), P()), out_specs=(P(), P())
   )
   jitted = jax.jit(sharded, donate_argnums=0)
-  return lambda state, batch, aux=None: jitted(state, batch, aux)
+  return lambda state, batch, aux=None, dataset=None: jitted(state, batch, aux, dataset)
 
 
 class _Stage:
   """What differs between stages: data, model, loss, trainable mask, initial variables."""
 
-  def __init__(self, config: ml_collections.ConfigDict, stage: str, restore: dict):
+  def __init__(self, config: ml_collections.ConfigDict, stage: str, restore: dict, mesh):
     self.name = stage
     finetune = config.finetune
-    if stage == 'pretrain':
+    if config.data.device_resident:
+      self.data = data_input.make_resident_data(config, stage, mesh)
+    elif stage == 'pretrain':
       self.data = data_input.make_pretrain_data(config)
     elif stage == 'distill':
       self.data = data_input.make_distill_data(config)
@@ -200,10 +210,10 @@ def train_and_evaluate(
   start_time = time.time()
   validation.validate_config(config, num_devices=jax.device_count(),
                              num_processes=jax.process_count())
+  mesh = sharding.make_mesh()
   workdir_lib.check_writable(workdir)
   workdir_lib.check_same_run(config, workdir)
-  mesh = sharding.make_mesh()
-  spec = _Stage(config, stage, restore or {})
+  spec = _Stage(config, stage, restore or {}, mesh)
   if stage == 'pretrain' and config.knn.enabled:
     bank_size = min(spec.data.num_examples, config.knn.max_train_examples)
     if config.knn.k > bank_size:
@@ -238,7 +248,8 @@ def train_and_evaluate(
     config.train.global_batch_size, jax.device_count(), start_step,
   )
 
-  train_step = make_train_step(spec.loss_fn, tx, schedule, mesh, spec.trainable)
+  train_step = make_train_step(spec.loss_fn, tx, schedule, mesh, spec.trainable,
+                               spec.data.prepare)
   eval_step = evaluation.make_eval_step(spec.model, mesh)
   knn = _KnnMonitor(config, spec.model, mesh) if stage == 'pretrain' else None
   report_progress = progress.create_progress(total_steps, writer)
@@ -255,7 +266,7 @@ def train_and_evaluate(
     for step in range(start_step + 1, total_steps + 1):
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
         batch = sharding.global_batch_from_host(mesh, next(batches))
-        state, metrics = train_step(state, batch, spec.aux)
+        state, metrics = train_step(state, batch, spec.aux, spec.data.device_dataset)
       history.append(metrics)
       report_progress(step)
       if step % config.train.log_every_steps == 0 or step == total_steps:
@@ -287,6 +298,11 @@ def train_and_evaluate(
   results: dict[str, Any] = {'stage': stage, 'steps': total_steps,
                              'epochs': total_steps / steps_per_epoch}
   results['num_train_examples'] = spec.data.num_examples
+  results['num_skipped_images'] = len(spec.data.skipped_paths)
+  if spec.data.skipped_paths:
+    logging.warning('%s: %d unreadable images were skipped (listed in results.json).', stage,
+                    len(spec.data.skipped_paths))
+  results['skipped_images'] = list(spec.data.skipped_paths[:100])
   if stage in ('finetune', 'supervised'):
     results['num_labelled_examples'] = spec.data.num_examples
   if config.train.eval_at_end:

@@ -78,8 +78,10 @@ def check_same_run(config: ml_collections.ConfigDict, workdir: str) -> None:
         f'workdir {workdir!r} holds a run of a different config ({shown}); use a new --workdir '
         'or pass --config.train.allow_config_change=True to continue it anyway'
       )
-  if jax.process_index() == 0:
-    path.write_text(json.dumps(current, indent=2))
+  if jax.process_index() == 0:  # Atomic: other hosts may be reading it.
+    temporary = epath.Path(str(path) + f'.tmp{os.getpid()}')
+    temporary.write_text(json.dumps(current, indent=2))
+    temporary.rename(path)
 
 
 class PreemptionWatcher:

@@ -160,3 +160,25 @@ def test_verdicts_are_cached_until_a_file_changes(tmp_path, monkeypatch):
   source = sources.from_folder(str(tmp_path), 'train')
   assert source.num_skipped == 0 and source.num_examples == 2
   assert [args[0] for args in calls] == [str(tmp_path / 'b.png')]
+
+
+def test_training_skips_bad_images_and_reports_them_in_results(class_folder, tmp_path):
+  from configs import demo as demo_lib
+  from simclr_jax import train
+
+  config = demo_lib.get_config()
+  config.stages = ('pretrain',)
+  config.data.dataset = 'folder'
+  config.data.folder = str(class_folder)
+  config.data.eval_split = 'train'
+  config.model.width_multiplier = 0.125
+  config.train.global_batch_size = 8
+  config.train.eval_batch_size = 8
+  config.train.train_steps = 2
+  config.knn.k = 2
+  config.train.plots_at_end = False
+  results = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  expected = len(sources.load('folder', 'train', folder=str(class_folder)).skipped_paths)
+  assert expected > 0
+  assert results['num_skipped_images'] == expected
+  assert len(results['skipped_images']) == expected

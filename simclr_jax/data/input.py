@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import jax
 import ml_collections
@@ -32,6 +32,11 @@ class TrainData:
   num_classes: int
   class_names: tuple[str, ...]
   make_iterator: Callable[[int], Batches]  # start_step -> infinite host batches from that step.
+  # Device-resident mode: replicated arrays the jitted step gathers from, and the in-step batch
+  # builder (indices -> augmented views); None for the host tf.data pipeline.
+  device_dataset: Any = None
+  prepare: Callable | None = None
+  skipped_paths: tuple[str, ...] = ()  # Unreadable images left out (image folders).
 
   def batches(self, start_step: int = 0) -> Batches:
     return self.make_iterator(start_step)
@@ -107,7 +112,8 @@ def make_pretrain_data(config: ml_collections.ConfigDict) -> TrainData:
     )
     return pipeline.iterate_numpy(dataset)
 
-  return TrainData(source.num_examples, source.num_classes, source.class_names, make_iterator)
+  return TrainData(source.num_examples, source.num_classes, source.class_names, make_iterator,
+                   skipped_paths=tuple(getattr(source, 'skipped_paths', ())))
 
 
 def _crop_flip_data(config: ml_collections.ConfigDict, source: sources.Source) -> TrainData:
@@ -126,7 +132,8 @@ def _crop_flip_data(config: ml_collections.ConfigDict, source: sources.Source) -
     )
     return pipeline.iterate_numpy(dataset)
 
-  return TrainData(source.num_examples, source.num_classes, source.class_names, make_iterator)
+  return TrainData(source.num_examples, source.num_classes, source.class_names, make_iterator,
+                   skipped_paths=tuple(getattr(source, 'skipped_paths', ())))
 
 
 def make_finetune_data(config: ml_collections.ConfigDict) -> TrainData:
@@ -144,11 +151,25 @@ def make_distill_data(config: ml_collections.ConfigDict) -> TrainData:
   return _crop_flip_data(config, source)
 
 
+def make_resident_data(config: ml_collections.ConfigDict, stage: str, mesh) -> TrainData:
+  """`data.device_resident`: the split on every device, views built inside the step."""
+  from simclr_jax.data import resident  # JAX only.
+  from simclr_jax.sharding import DATA_AXIS
+
+  num_examples, class_names, make_iterator, dataset = resident.make_train_data(config, stage, mesh)
+  return TrainData(num_examples, len(class_names), class_names, make_iterator, dataset,
+                   resident.make_prepare(config, stage, DATA_AXIS))
+
+
 def make_eval_data(
   config: ml_collections.ConfigDict, split: str | None = None, max_examples: int = 0
 ) -> EvalData:
   """Eval-preprocessed batches of a split (default: data.eval_split), optionally its first N."""
   split = split or config.data.eval_split
+  if config.data.device_resident:
+    from simclr_jax.data import resident
+
+    return EvalData(*resident.make_eval_iterator(config, split, max_examples))
   source = load_source(config, split)
   num_examples = source.num_examples
   dataset_source = source.dataset

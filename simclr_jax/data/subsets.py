@@ -6,11 +6,18 @@ labels of the whole split: per class, a permutation from (seed, class) keeps the
 round(fraction * class size) examples (at least 1), or exactly `per_class` of them.
 """
 
-import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
+import dataclasses
 
-from simclr_jax.data import sources
+import numpy as np
+
+# TensorFlow only for the tf.data paths below; `balanced_subset` also serves device-resident data.
+try:
+  import tensorflow as tf
+  import tensorflow_datasets as tfds
+
+  from simclr_jax.data import sources
+except ImportError:  # pragma: no cover - exercised by the no-TensorFlow test.
+  tf = tfds = sources = None
 
 
 def split_labels(dataset: str, split: str, *, folder: str = '', data_dir: str | None = None):
@@ -45,7 +52,7 @@ def balanced_subset(
   return np.sort(np.concatenate(chosen)) if chosen else np.zeros([0], np.int64)
 
 
-def restrict(source: sources.Source, indices: np.ndarray, process_index: int, process_count: int):
+def restrict(source, indices: np.ndarray, process_index: int, process_count: int):
   """The examples of `source` whose index is in `indices` (keeps each host's share)."""
   keep = np.zeros([source.num_examples], bool)
   keep[indices] = True
@@ -54,16 +61,11 @@ def restrict(source: sources.Source, indices: np.ndarray, process_index: int, pr
   dataset = source.dataset.filter(lambda example: tf.gather(keep_table, example['index']))
   # Known cardinality lets the pipeline resume by arithmetic instead of re-reading.
   dataset = dataset.apply(tf.data.experimental.assert_cardinality(host_count))
-  return sources.Source(
-    dataset=dataset,
-    num_examples=len(indices),
-    num_host_examples=host_count,
-    num_classes=source.num_classes,
-    class_names=source.class_names,
-  )
+  return dataclasses.replace(
+    source, dataset=dataset, num_examples=len(indices), num_host_examples=host_count)
 
 
-def hide_labels_outside(source: sources.Source, indices: np.ndarray) -> sources.Source:
+def hide_labels_outside(source, indices: np.ndarray):
   """All examples, with label -1 except those in `indices` (distillation's labelled part)."""
   keep = np.zeros([source.num_examples], bool)
   keep[indices] = True
@@ -73,10 +75,4 @@ def hide_labels_outside(source: sources.Source, indices: np.ndarray) -> sources.
     labelled = tf.gather(keep_table, example['index'])
     return {**example, 'label': tf.where(labelled, example['label'], -1)}
 
-  return sources.Source(
-    dataset=source.dataset.map(relabel),
-    num_examples=source.num_examples,
-    num_host_examples=source.num_host_examples,
-    num_classes=source.num_classes,
-    class_names=source.class_names,
-  )
+  return dataclasses.replace(source, dataset=source.dataset.map(relabel))
