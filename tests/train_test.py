@@ -91,3 +91,34 @@ def test_eight_devices_match_one_device(optimizer):
   uniform = 2 * np.log(2 * GLOBAL_BATCH - 1)
   assert abs(metrics_1[0]['contrastive_loss'] - uniform) < 0.5
   assert metrics_1[0]['learning_rate'] > 0
+
+
+def test_bfloat16_step_tracks_float32_step():
+  """bf16 compute (float32 params, BN statistics, logits): one step within a stated tolerance.
+
+  Tolerances: loss within 1 % relative; the parameter update within 25 % in global relative
+  norm and with cosine similarity > 0.97 to the float32 update (bf16 keeps 8 bits of mantissa,
+  ~0.4 % per op, compounded through the ResNet and amplified where gradients cancel; measured:
+  0.16 and 0.99 on this tiny model and batch).
+  """
+  config = _tiny_config()
+  batch = _batch(2)
+  state_32, metrics_32, initial = _one_step(config, jax.devices(), batch)
+  config.model.compute_dtype = 'bfloat16'
+  state_16, metrics_16, initial_16 = _one_step(config, jax.devices(), batch)
+  assert all(x.dtype == np.float32 for x in jax.tree.leaves(state_16.params))
+  assert all(x.dtype == np.float32 for x in jax.tree.leaves(state_16.batch_stats))
+  _assert_trees_close(initial_16, initial, rtol=0)  # Same initialisation.
+  loss_32, loss_16 = metrics_32[0]['total_loss'], metrics_16[0]['total_loss']
+  assert abs(loss_16 - loss_32) / abs(loss_32) < 0.01
+  update_32 = jax.tree.map(lambda a, b: a - b, state_32.params, initial)
+  update_16 = jax.tree.map(lambda a, b: a - b, state_16.params, initial)
+  difference = jax.tree.map(lambda a, b: a - b, update_16, update_32)
+  relative = np.sqrt(sum(np.sum(d**2) for d in jax.tree.leaves(difference))) / np.sqrt(
+    sum(np.sum(u**2) for u in jax.tree.leaves(update_32)))
+  flat_16 = np.concatenate([u.ravel() for u in jax.tree.leaves(update_16)])
+  flat_32 = np.concatenate([u.ravel() for u in jax.tree.leaves(update_32)])
+  cosine = flat_16 @ flat_32 / (np.linalg.norm(flat_16) * np.linalg.norm(flat_32))
+  print(f'bf16 vs float32: loss {loss_16:.5f} vs {loss_32:.5f}, update rel. diff {relative:.4f}, '
+        f'cosine {cosine:.4f}')
+  assert relative < 0.25 and cosine > 0.97
