@@ -38,6 +38,10 @@ def get_config() -> ml_collections.ConfigDict:
   # augmentation, no host pipeline, works without TensorFlow). Small datasets: CIFAR, STL, demo.
   data.device_resident = False
   data.blur_mode = 'batch'  # Device blur: 'batch' = one sigma per device batch (official), 'image'.
+  # With the host pipeline: the host only decodes and brings images to raw_image_size (uint8);
+  # the SimCLR augmentations run on the device inside the jitted step.
+  data.augment_on_device = False
+  data.raw_image_size = 0  # Fixed host size for augment_on_device; 0 = data.image_size.
 
   # ---- Model ------------------------------------------------------------------------------
   config.model = model = ml_collections.ConfigDict()

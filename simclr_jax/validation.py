@@ -77,6 +77,15 @@ def validate_data(data: ml_collections.ConfigDict, model: ml_collections.ConfigD
     f'data.eval_crop_proportion={data.eval_crop_proportion} is outside (0, 1]; use 0.875',
   )
   _require(
+    data.blur_mode in ('batch', 'image'),
+    f"data.blur_mode={data.blur_mode!r} is unknown; use 'batch' (official) or 'image'",
+  )
+  _require(
+    data.raw_image_size == 0 or data.raw_image_size >= data.image_size,
+    f'data.raw_image_size={data.raw_image_size} is smaller than data.image_size='
+    f'{data.image_size}; use 0 (= image_size) or a larger size (e.g. 256 for 224 crops)',
+  )
+  _require(
     data.shuffle_buffer_multiplier >= 1,
     f'data.shuffle_buffer_multiplier={data.shuffle_buffer_multiplier} must be >= 1',
   )

@@ -6,6 +6,7 @@ mode and inside `tf.data`, on any host, in any order of execution. Images are fl
 there is no mean/std normalisation anywhere (official).
 
     preprocess_for_train: random resized crop -> flip -> colour (jitter p=0.8, gray p=0.2) -> clip
+    preprocess_encoded_for_train: the same view from encoded bytes, decoding only the crop window
     preprocess_for_eval:  centre crop (none when image_size <= 32) -> bicubic resize -> clip
     batch_random_blur:    one sigma per device group, blurred vs original per example (p=0.5)
 """
@@ -111,6 +112,18 @@ def random_color_jitter(image: tf.Tensor, strength: float, seed: tf.Tensor) -> t
   )
 
 
+def _flip_colour_clip(
+  image: tf.Tensor, seeds: tf.Tensor, image_size: int, color_jitter_strength: float, flip: bool
+) -> tf.Tensor:
+  """The steps after the crop: flip -> colour -> clip (seeds [3, 2] from `preprocess_for_train`)."""
+  if flip:
+    image = tf.image.stateless_random_flip_left_right(image, seeds[1])
+  if color_jitter_strength > 0:
+    image = random_color_jitter(image, color_jitter_strength, seeds[2])
+  image = tf.reshape(image, [image_size, image_size, 3])
+  return tf.clip_by_value(image, 0.0, 1.0)
+
+
 def preprocess_for_train(
   image: tf.Tensor,
   seed: tf.Tensor,
@@ -124,16 +137,55 @@ def preprocess_for_train(
   Official `preprocess_for_train`. With crop=False the image must already be image_size square.
   Blur is not here: it is a batch-level op (`batch_random_blur`), as in the official code.
   """
-  crop_seed, flip_seed, color_seed = tf.unstack(_split(seed, 3))
+  seeds = _split(seed, 3)  # crop, flip, colour.
   image = tf.convert_to_tensor(image, tf.float32)
   if crop:
-    image = random_crop_with_resize(image, crop_seed, image_size)
-  if flip:
-    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
-  if color_jitter_strength > 0:
-    image = random_color_jitter(image, color_jitter_strength, color_seed)
-  image = tf.reshape(image, [image_size, image_size, 3])
-  return tf.clip_by_value(image, 0.0, 1.0)
+    image = random_crop_with_resize(image, seeds[0], image_size)
+  return _flip_colour_clip(image, seeds, image_size, color_jitter_strength, flip)
+
+
+def decode_crop(encoded: tf.Tensor, box_fn) -> tf.Tensor:
+  """uint8 [h, w, 3]: the window box_fn(image_shape) -> [y, x, h, w] of an encoded image.
+
+  JPEG: the box comes from the header (`extract_jpeg_shape`) and only the window is decoded
+  (`decode_and_crop_jpeg`, as the official ImageNet pipelines do). Other formats (PNG, GIF, BMP,
+  WebP) are decoded whole and sliced. channels=3 turns grayscale and CMYK JPEGs into RGB, as
+  `tf.io.decode_image(channels=3)` does on the decoded path. libjpeg-turbo upsamples chroma at a
+  crop's right edge by replication, so for 4:2:0 / 4:2:2 JPEGs the last column of the window can
+  differ slightly from decode-then-slice; all other pixels are bit-identical (crop_decode_test).
+  """
+
+  def jpeg() -> tf.Tensor:
+    box = box_fn(tf.image.extract_jpeg_shape(encoded))
+    return tf.image.decode_and_crop_jpeg(encoded, box, channels=3)
+
+  def other() -> tf.Tensor:
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    box = box_fn(tf.shape(image))
+    return image[box[0]:box[0] + box[2], box[1]:box[1] + box[3]]
+
+  image = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+  image.set_shape([None, None, 3])
+  return image
+
+
+def preprocess_encoded_for_train(
+  encoded: tf.Tensor,
+  seed: tf.Tensor,
+  image_size: int,
+  color_jitter_strength: float,
+  flip: bool = True,
+) -> tf.Tensor:
+  """`preprocess_for_train` of an encoded image (tf.string), decoding only the crop window.
+
+  The crop box is drawn from the encoded shape with the same seed as on the decoded path, so the
+  view equals `preprocess_for_train(decode(encoded) / 255, seed, ...)` up to the JPEG edge column
+  noted in `decode_crop`.
+  """
+  seeds = _split(seed, 3)
+  window = decode_crop(encoded, lambda shape: distorted_crop_box(shape, seeds[0]))
+  image = _resize_bicubic(tf.image.convert_image_dtype(window, tf.float32), image_size)
+  return _flip_colour_clip(image, seeds, image_size, color_jitter_strength, flip)
 
 
 def center_crop_box(image_shape: tf.Tensor, crop_proportion: float = CROP_PROPORTION) -> tf.Tensor:

@@ -92,8 +92,35 @@ def _host_batch(global_batch_size: int) -> int:
   return global_batch_size // jax.process_count()
 
 
+def _device_augmented_data(config: ml_collections.ConfigDict, stage: str, source) -> TrainData:
+  """`data.augment_on_device`: host batches of fixed-size uint8 images; views built in the step."""
+  from simclr_jax.data import resident
+  from simclr_jax.sharding import DATA_AXIS
+
+  host_batch_size = _host_batch(config.train.global_batch_size)
+
+  def make_iterator(start_step: int) -> Batches:
+    dataset = pipeline.make_raw_dataset(
+      source.dataset,
+      seed=config.seed,
+      host_batch_size=host_batch_size,
+      raw_size=config.data.raw_image_size or config.data.image_size,
+      shuffle_buffer=config.data.shuffle_buffer_multiplier * host_batch_size,
+      cache=config.data.cache,
+      start_batch=start_step,
+      process_index=jax.process_index(),
+    )
+    return pipeline.iterate_numpy(dataset)
+
+  return TrainData(source.num_examples, source.num_classes, source.class_names, make_iterator,
+                   prepare=resident.make_prepare(config, stage, DATA_AXIS),
+                   skipped_paths=tuple(getattr(source, 'skipped_paths', ())))
+
+
 def make_pretrain_data(config: ml_collections.ConfigDict) -> TrainData:
   source = load_source(config, config.data.train_split)
+  if config.data.augment_on_device:
+    return _device_augmented_data(config, 'pretrain', source)
   host_batch_size = _host_batch(config.train.global_batch_size)
 
   def make_iterator(start_step: int) -> Batches:
@@ -116,7 +143,11 @@ def make_pretrain_data(config: ml_collections.ConfigDict) -> TrainData:
                    skipped_paths=tuple(getattr(source, 'skipped_paths', ())))
 
 
-def _crop_flip_data(config: ml_collections.ConfigDict, source: sources.Source) -> TrainData:
+def _crop_flip_data(
+  config: ml_collections.ConfigDict, source: sources.Source, stage: str = 'finetune'
+) -> TrainData:
+  if config.data.augment_on_device:
+    return _device_augmented_data(config, stage, source)
   host_batch_size = _host_batch(config.train.global_batch_size)
 
   def make_iterator(start_step: int) -> Batches:
@@ -148,7 +179,7 @@ def make_distill_data(config: ml_collections.ConfigDict) -> TrainData:
     source = subsets.hide_labels_outside(source, labelled_indices(config))
   else:
     source = subsets.hide_labels_outside(source, np.zeros([0], np.int64))
-  return _crop_flip_data(config, source)
+  return _crop_flip_data(config, source, 'distill')
 
 
 def make_resident_data(config: ml_collections.ConfigDict, stage: str, mesh) -> TrainData:

@@ -60,11 +60,18 @@ def make_train_data(config: ml_collections.ConfigDict, stage: str, mesh):
 
 
 def make_prepare(config: ml_collections.ConfigDict, stage: str, axis_name: str) -> Callable:
-  """In-step batch builder: indices -> augmented views, per device (inside shard_map)."""
+  """In-step batch builder, per device (inside shard_map): uint8 images -> augmented views.
+
+  The images are gathered from the resident dataset by index, or arrive as uint8 from the host
+  (`data.augment_on_device` with the host pipeline: the host only decodes and fixes the size).
+  """
   data = config.data
 
-  def prepare(batch: dict, dataset: dict, step: jax.Array) -> dict:
-    images = jax.numpy.take(dataset['images'], batch['index'], axis=0)  # uint8 [local_B, H, W, 3]
+  def prepare(batch: dict, dataset: dict | None, step: jax.Array) -> dict:
+    if dataset is not None:
+      images = jax.numpy.take(dataset['images'], batch['index'], axis=0)  # uint8 [local_B,H,W,3]
+    else:
+      images = batch['image']
     key = jax.random.fold_in(jax.random.key(config.seed), AUGMENT_PURPOSE)
     key = jax.random.fold_in(jax.random.fold_in(key, step), jax.lax.axis_index(axis_name))
     if stage == 'pretrain':
