@@ -6,7 +6,7 @@ mode and inside `tf.data`, on any host, in any order of execution. Images are fl
 there is no mean/std normalisation anywhere (official).
 
     preprocess_for_train: random resized crop -> flip -> colour (jitter p=0.8, gray p=0.2) -> clip
-    preprocess_encoded_for_train: the same view from encoded bytes, decoding only the crop window
+    encoded_train_views:  the same views from encoded bytes, decoding only the crop windows
     preprocess_for_eval:  centre crop (none when image_size <= 32) -> bicubic resize -> clip
     batch_random_blur:    one sigma per device group, blurred vs original per example (p=0.5)
 """
@@ -144,48 +144,71 @@ def preprocess_for_train(
   return _flip_colour_clip(image, seeds, image_size, color_jitter_strength, flip)
 
 
-def decode_crop(encoded: tf.Tensor, box_fn) -> tf.Tensor:
-  """uint8 [h, w, 3]: the window box_fn(image_shape) -> [y, x, h, w] of an encoded image.
+def decode_crop(encoded: tf.Tensor, box_fn) -> tuple[tf.Tensor, tf.Tensor]:
+  """(uint8 [h, w, 3] window box_fn(image_shape) = [y, x, h, w], int32 image_shape [3]).
 
   JPEG: the box comes from the header (`extract_jpeg_shape`) and only the window is decoded
   (`decode_and_crop_jpeg`, as the official ImageNet pipelines do). Other formats (PNG, GIF, BMP,
   WebP) are decoded whole and sliced. channels=3 turns grayscale and CMYK JPEGs into RGB, as
-  `tf.io.decode_image(channels=3)` does on the decoded path. libjpeg-turbo upsamples chroma at a
-  crop's right edge by replication, so for 4:2:0 / 4:2:2 JPEGs the last column of the window can
-  differ slightly from decode-then-slice; all other pixels are bit-identical (crop_decode_test).
+  `tf.io.decode_image(channels=3)` does on the decoded path. Baseline 4:4:4, grayscale, CMYK
+  and progressive 4:4:4 JPEGs give bit-identical windows to decode-then-slice; with 4:2:0 or
+  4:2:2 chroma, libjpeg-turbo upsamples chroma at the window's left and right edge columns from
+  inside the window only, so those two columns can differ by a few levels (crop_decode_test).
+  The shape's channel entry is that of the file (1, 3 or 4), not 3.
   """
 
-  def jpeg() -> tf.Tensor:
-    box = box_fn(tf.image.extract_jpeg_shape(encoded))
-    return tf.image.decode_and_crop_jpeg(encoded, box, channels=3)
+  def jpeg() -> tuple[tf.Tensor, tf.Tensor]:
+    shape = tf.image.extract_jpeg_shape(encoded)
+    return tf.image.decode_and_crop_jpeg(encoded, box_fn(shape), channels=3), shape
 
-  def other() -> tf.Tensor:
+  def other() -> tuple[tf.Tensor, tf.Tensor]:
     image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-    box = box_fn(tf.shape(image))
-    return image[box[0]:box[0] + box[2], box[1]:box[1] + box[3]]
+    shape = tf.shape(image)
+    box = box_fn(shape)
+    return image[box[0]:box[0] + box[2], box[1]:box[1] + box[3]], shape
 
-  image = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
-  image.set_shape([None, None, 3])
-  return image
+  window, shape = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+  window.set_shape([None, None, 3])
+  return window, shape
 
 
-def preprocess_encoded_for_train(
+def _union_box(boxes: tf.Tensor) -> tf.Tensor:
+  """The smallest box [y, x, h, w] holding every box of boxes [N, 4]."""
+  top_left = tf.reduce_min(boxes[:, :2], axis=0)
+  bottom_right = tf.reduce_max(boxes[:, :2] + boxes[:, 2:], axis=0)
+  return tf.concat([top_left, bottom_right - top_left], axis=0)
+
+
+def encoded_train_views(
   encoded: tf.Tensor,
-  seed: tf.Tensor,
+  seeds: tf.Tensor,
   image_size: int,
   color_jitter_strength: float,
   flip: bool = True,
-) -> tf.Tensor:
-  """`preprocess_for_train` of an encoded image (tf.string), decoding only the crop window.
+) -> list[tf.Tensor]:
+  """`preprocess_for_train` views of an encoded image (tf.string), one per seed of seeds [V, 2].
 
-  The crop box is drawn from the encoded shape with the same seed as on the decoded path, so the
-  view equals `preprocess_for_train(decode(encoded) / 255, seed, ...)` up to the JPEG edge column
-  noted in `decode_crop`.
+  Each crop box is drawn from the encoded shape with the same seed as on the decoded path, so
+  view i equals `preprocess_for_train(decode(encoded) / 255, seeds[i], ...)` up to the JPEG edge
+  columns noted in `decode_crop`. The image is decoded once, over the smallest window that holds
+  every view's crop (two random crops rarely cover the whole image), and each view slices it.
   """
-  seeds = _split(seed, 3)
-  window = decode_crop(encoded, lambda shape: distorted_crop_box(shape, seeds[0]))
-  image = _resize_bicubic(tf.image.convert_image_dtype(window, tf.float32), image_size)
-  return _flip_colour_clip(image, seeds, image_size, color_jitter_strength, flip)
+  view_seeds = [_split(seeds[i], 3) for i in range(seeds.shape[0])]  # crop, flip, colour each.
+
+  def boxes(shape: tf.Tensor) -> tf.Tensor:
+    return tf.stack([distorted_crop_box(shape, s[0]) for s in view_seeds])  # [V, 4]
+
+  window, shape = decode_crop(encoded, lambda shape: _union_box(boxes(shape)))
+  window = tf.image.convert_image_dtype(window, tf.float32)
+  view_boxes = boxes(shape)
+  origin = _union_box(view_boxes)[:2]
+  views = []
+  for i, seed in enumerate(view_seeds):
+    y, x = tf.unstack(view_boxes[i, :2] - origin)
+    crop = window[y:y + view_boxes[i, 2], x:x + view_boxes[i, 3]]
+    image = _resize_bicubic(crop, image_size)
+    views.append(_flip_colour_clip(image, seed, image_size, color_jitter_strength, flip))
+  return views
 
 
 def center_crop_box(image_shape: tf.Tensor, crop_proportion: float = CROP_PROPORTION) -> tf.Tensor:

@@ -3,6 +3,14 @@
     pretrain: shuffle per epoch -> two independent views -> batch -> blur per device group
     finetune: shuffle per epoch -> one crop + flip view -> batch
     eval:     in order -> centre crop -> batch, padded to full batches with a 0/1 `mask`
+    raw:      shuffle per epoch -> uint8 at a fixed size -> batch (augmentation on device)
+
+Sources give decoded images ('image': uint8 [H, W, 3]) or encoded bytes ('encoded': tf.string,
+`sources.load(..., decode=False)`); every pipeline takes either. With encoded JPEGs a train view
+decodes only its crop window (`augment.encoded_train_views`, `tf.image.decode_and_crop_jpeg`) and
+eval only the centre crop, which is what large-image sets (ImageNet) want. Small sets that are
+cached (`cache=True`, e.g. the demo PNGs) are better cached decoded: the cache then holds pixels
+and every epoch after the first skips decoding altogether.
 
 Determinism: the stream is a pure function of `seed` (and the host's share of the data).
   * epoch e is shuffled with a seed derived from (seed, 'shuffle', host, e);
@@ -92,6 +100,32 @@ def _to_float(image: tf.Tensor) -> tf.Tensor:
   return tf.image.convert_image_dtype(image, tf.float32)  # uint8 -> [0, 1] by /255 (official).
 
 
+def _train_views(
+  example: dict, seeds: tf.Tensor, image_size: int, color_jitter_strength: float
+) -> list[tf.Tensor]:
+  """One view per seed of seeds [V, 2], from 'encoded' bytes (crop windows only) or 'image'."""
+  if 'encoded' in example:
+    return augment.encoded_train_views(
+      example['encoded'], seeds, image_size, color_jitter_strength)
+  image = _to_float(example['image'])
+  return [
+    augment.preprocess_for_train(image, seeds[i], image_size, color_jitter_strength)
+    for i in range(seeds.shape[0])
+  ]
+
+
+def _map_examples(
+  dataset: tf.data.Dataset, fn, ignore_decode_errors: bool
+) -> tf.data.Dataset:
+  dataset = dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+  if ignore_decode_errors:
+    # Encoded images of a folder checked by headers only (image_check.py) are first decoded
+    # here: drop a corrupt one (TF logs it) rather than stop training, as sources.py does for
+    # decoded folders. Dropped before batching, so batches stay full and deterministic.
+    dataset = dataset.ignore_errors(log_warning=True)
+  return dataset
+
+
 def _finish(dataset: tf.data.Dataset, threadpool_size: int) -> tf.data.Dataset:
   return dataset.prefetch(tf.data.AUTOTUNE).with_options(_options(threadpool_size))
 
@@ -111,12 +145,15 @@ def make_pretrain_dataset(
   process_index: int = 0,
   num_epochs: int | None = None,
   threadpool_size: int = 48,
+  ignore_decode_errors: bool = False,
 ) -> tf.data.Dataset:
   """Infinite host batches {'view_a', 'view_b': float32 [B, S, S, 3], 'label': int32 [B]}.
 
   Two independent views per image (REFERENCE §5). With use_blur, each view's batch is blurred
   as `augment.batch_random_blur` with one group per local device (official: per replica batch).
   Batches do not respect epoch boundaries (drop_remainder only at the end of a finite run).
+  `ignore_decode_errors`: skip examples whose encoded image fails to decode (for undecoded
+  sources of folders checked by headers only, `Source.decode_errors_possible`).
   """
   if host_batch_size % num_local_devices:
     raise ValueError(
@@ -125,12 +162,7 @@ def make_pretrain_dataset(
     )
 
   def two_views(example: dict) -> dict:
-    image = _to_float(example['image'])
-    seeds = _view_seeds(seed, example, 2)
-    views = [
-      augment.preprocess_for_train(image, seeds[i], image_size, color_jitter_strength)
-      for i in range(2)
-    ]
+    views = _train_views(example, _view_seeds(seed, example, 2), image_size, color_jitter_strength)
     return {'view_a': views[0], 'view_b': views[1], 'label': example['label']}
 
   def blur(batch_number: tf.Tensor, batch: dict) -> dict:
@@ -146,7 +178,7 @@ def make_pretrain_dataset(
     start_example=start_batch * host_batch_size, process_index=process_index,
     num_epochs=num_epochs,
   )
-  dataset = dataset.map(two_views, num_parallel_calls=tf.data.AUTOTUNE)
+  dataset = _map_examples(dataset, two_views, ignore_decode_errors)
   dataset = dataset.batch(host_batch_size, drop_remainder=True)
   if use_blur:
     dataset = dataset.enumerate(start=start_batch).map(blur, num_parallel_calls=tf.data.AUTOTUNE)
@@ -165,6 +197,7 @@ def make_finetune_dataset(
   process_index: int = 0,
   num_epochs: int | None = None,
   threadpool_size: int = 48,
+  ignore_decode_errors: bool = False,
 ) -> tf.data.Dataset:
   """Infinite host batches {'image': float32 [B, S, S, 3], 'label': int32 [B]}.
 
@@ -172,18 +205,15 @@ def make_finetune_dataset(
   """
 
   def one_view(example: dict) -> dict:
-    view_seed = _view_seeds(seed, example, 1)[0]
-    image = augment.preprocess_for_train(
-      _to_float(example['image']), view_seed, image_size, color_jitter_strength=0.0
-    )
-    return {'image': image, 'label': example['label']}
+    view = _train_views(example, _view_seeds(seed, example, 1), image_size, 0.0)[0]
+    return {'image': view, 'label': example['label']}
 
   dataset = _shuffled_epochs(
     source_ds, seed=seed, shuffle_buffer=shuffle_buffer, cache=cache,
     start_example=start_batch * host_batch_size, process_index=process_index,
     num_epochs=num_epochs,
   )
-  dataset = dataset.map(one_view, num_parallel_calls=tf.data.AUTOTUNE)
+  dataset = _map_examples(dataset, one_view, ignore_decode_errors)
   return _finish(dataset.batch(host_batch_size, drop_remainder=True), threadpool_size)
 
 
@@ -207,7 +237,16 @@ def make_eval_dataset(
     source_ds = source_ds.cache()
 
   def preprocess(example: dict) -> dict:
-    image = augment.preprocess_for_eval(_to_float(example['image']), image_size, crop_proportion)
+    if 'encoded' not in example:
+      image = augment.preprocess_for_eval(_to_float(example['image']), image_size, crop_proportion)
+    elif image_size > 32:
+      # Decode only the centre square; cropping that square again with proportion 1 is a no-op.
+      window, _ = augment.decode_crop(
+        example['encoded'], lambda shape: augment.center_crop_box(shape, crop_proportion))
+      image = augment.preprocess_for_eval(_to_float(window), image_size, crop_proportion=1.0)
+    else:
+      window, _ = augment.decode_crop(example['encoded'], _whole_box)
+      image = augment.preprocess_for_eval(_to_float(window), image_size, crop_proportion)
     return {
       'image': image,
       'label': example['label'],
@@ -238,6 +277,73 @@ def make_eval_dataset(
     })
     dataset = dataset.concatenate(empty.repeat()).take(num_batches)
   return _finish(dataset, threadpool_size)
+
+
+def _whole_box(shape: tf.Tensor) -> tf.Tensor:
+  return tf.stack([0, 0, shape[0], shape[1]])
+
+
+def to_raw_size(example: dict, raw_size: int) -> tf.Tensor:
+  """uint8 [raw_size, raw_size, 3] of an example's 'image' or 'encoded' image.
+
+  An image of exactly raw_size passes unchanged; any other is cropped to the central square of
+  its shorter side (decoding only that square for JPEGs), then resized (bilinear, antialiased)
+  to raw_size and rounded. The device's random resized crop then samples from that square.
+  """
+  square = lambda shape: augment.center_crop_box(shape, crop_proportion=1.0)
+  if 'encoded' in example:
+    image, _ = augment.decode_crop(example['encoded'], square)
+  else:
+    image = example['image']
+    box = square(tf.shape(image))
+    image = image[box[0]:box[0] + box[2], box[1]:box[1] + box[3]]
+
+  def resize() -> tf.Tensor:
+    resized = tf.image.resize(image, [raw_size, raw_size], 'bilinear', antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
+
+  height, width = tf.unstack(tf.shape(image)[:2])
+  fits = tf.logical_and(tf.equal(height, raw_size), tf.equal(width, raw_size))
+  image = tf.cond(fits, lambda: image, resize)
+  return tf.reshape(image, [raw_size, raw_size, 3])
+
+
+def make_raw_dataset(
+  source_ds: tf.data.Dataset,
+  *,
+  seed: int,
+  host_batch_size: int,
+  raw_size: int,
+  shuffle_buffer: int,
+  cache: bool = False,
+  start_batch: int = 0,
+  process_index: int = 0,
+  num_epochs: int | None = None,
+  threadpool_size: int = 48,
+  ignore_decode_errors: bool = False,
+) -> tf.data.Dataset:
+  """Infinite host batches {'image': uint8 [B, R, R, 3], 'label', 'index': int32 [B]} (R=raw_size).
+
+  For augmentation on the device (`device_augment`): the host only decodes and brings each image
+  to a fixed size (`to_raw_size`), so the random crop, flip, colour and blur run in the step.
+  Same per-epoch (seed, host, epoch) shuffle and `start_batch` resume as the other pipelines;
+  'index' (position in the split) lets the device derive per-example keys.
+  """
+
+  def fixed_size(example: dict) -> dict:
+    return {
+      'image': to_raw_size(example, raw_size),
+      'label': tf.cast(example['label'], tf.int32),
+      'index': tf.cast(example['index'], tf.int32),
+    }
+
+  dataset = _shuffled_epochs(
+    source_ds, seed=seed, shuffle_buffer=shuffle_buffer, cache=cache,
+    start_example=start_batch * host_batch_size, process_index=process_index,
+    num_epochs=num_epochs,
+  )
+  dataset = _map_examples(dataset, fixed_size, ignore_decode_errors)
+  return _finish(dataset.batch(host_batch_size, drop_remainder=True), threadpool_size)
 
 
 def iterate_numpy(dataset: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:

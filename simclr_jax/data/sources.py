@@ -5,6 +5,10 @@ Every source is a `Source`: a `tf.data.Dataset` of
 holding only this host's share, plus metadata. `index` is the example's position in the whole
 split (before host sharding): a stable identity from which augmentation seeds are derived.
 
+With `decode=False` the examples hold the encoded file bytes instead,
+`{'encoded': tf.string, 'label', 'index'}`, so the pipelines decode only the crop windows of
+JPEGs (pipeline.py); keep decode=True for small sets cached in memory.
+
 Host sharding keeps the examples whose position % process_count == process_index, so the hosts'
 shares are disjoint, cover the split and do not depend on timing.
 """
@@ -33,6 +37,9 @@ class Source:
   # Image folders: files left out because they cannot be decoded (image_check.py).
   num_skipped: int = 0
   skipped_paths: tuple[str, ...] = ()
+  # Undecoded images of a folder checked by headers only: a corrupt file fails when the pipeline
+  # decodes it; pass this as the pipelines' `ignore_decode_errors`.
+  decode_errors_possible: bool = False
 
 
 def demo_data_dir() -> str:
@@ -154,11 +161,13 @@ def from_folder(
   process_index: int = 0,
   process_count: int = 1,
   full_check_max_bytes: int = image_check.FULL_CHECK_MAX_BYTES,
+  decode: bool = True,
 ) -> Source:
   """Images from root/<split>/<class>/*.{jpg,jpeg,png}, or a flat folder (labels -1).
 
   Order: classes sorted by name, files sorted by name within a class. Files that cannot be
   decoded are left out (indices count readable images only) and reported in `skipped_paths`.
+  decode=False yields the file bytes as 'encoded' (the listing has already checked them).
   """
   listing = _listing(root, split, full_check_max_bytes)
   paths, labels, class_names = listing.paths, listing.labels, listing.class_names
@@ -171,10 +180,13 @@ def from_folder(
     'label': tf.constant(labels, tf.int32),
     'index': tf.range(len(paths), dtype=tf.int64),
   })
+  if decode:
+    read = lambda x: {'image': _decode_file(x['path']), 'label': x['label'], 'index': x['index']}
+  else:
+    read = lambda x: {'encoded': tf.io.read_file(x['path']), 'label': x['label'],
+                      'index': x['index']}
   dataset = positions.shard(process_count, process_index).map(
-    lambda x: {'image': _decode_file(x['path']), 'label': x['label'], 'index': x['index']},
-    num_parallel_calls=tf.data.AUTOTUNE,
-    deterministic=True,
+    read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
   )
   if not listing.fully_checked:
     # Headers only were checked: a corrupt file fails here, and is dropped (TF logs the error)
@@ -188,6 +200,7 @@ def from_folder(
     class_names=class_names,
     num_skipped=len(listing.skipped),
     skipped_paths=tuple(sorted(listing.skipped)),
+    decode_errors_possible=not decode and not listing.fully_checked,
   )
 
 
@@ -211,12 +224,14 @@ def from_tfds(
   data_dir: str | None = None,
   process_index: int = 0,
   process_count: int = 1,
+  decode: bool = True,
 ) -> Source:
   """A prepared tfds dataset (`tfds.builder(name, data_dir).as_dataset(split)`).
 
   Examples without a 'label' feature (e.g. STL-10 'unlabelled' has label -1 already) get -1.
   Images are read undecoded, sharded by position, then decoded, so each host decodes only its
   share (every host still reads the records; for pod-scale ImageNet prefer file-level sharding).
+  decode=False keeps the stored bytes (PNG for CIFAR, JPEG for ImageNet) as 'encoded'.
   """
   builder = _tfds_builder(name, data_dir)
   splits = builder.info.splits  # Empty until prepared (and under tfds.testing.mock_data).
@@ -245,8 +260,10 @@ def from_tfds(
     num_examples = int(dataset.cardinality())
   image_feature = builder.info.features['image']
 
-  def decode(index: tf.Tensor, example: dict) -> dict:
+  def to_example(index: tf.Tensor, example: dict) -> dict:
     label = example['label'] if 'label' in example else tf.constant(-1)
+    if not decode:
+      return {'encoded': example['image'], 'label': tf.cast(label, tf.int32), 'index': index}
     return {
       'image': _to_rgb(image_feature.decode_example(example['image'])),
       'label': tf.cast(label, tf.int32),
@@ -254,7 +271,7 @@ def from_tfds(
     }
 
   dataset = dataset.enumerate().shard(process_count, process_index)
-  dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  dataset = dataset.map(to_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return Source(
     dataset=dataset,
     num_examples=num_examples,
@@ -272,9 +289,14 @@ def load(
   data_dir: str | None = None,
   process_index: int = 0,
   process_count: int = 1,
+  decode: bool = True,
 ) -> Source:
-  """The `data.dataset` config value -> Source: 'demo', 'folder' (with `folder`) or a tfds name."""
-  sharding = dict(process_index=process_index, process_count=process_count)
+  """The `data.dataset` config value -> Source: 'demo', 'folder' (with `folder`) or a tfds name.
+
+  decode=False: examples hold the encoded bytes ('encoded') for crop-window decoding in the
+  pipelines; best for large JPEG sets. decode=True: decoded 'image', best with cache=True.
+  """
+  sharding = dict(process_index=process_index, process_count=process_count, decode=decode)
   if dataset == 'demo':
     return from_folder(demo_data_dir(), split, **sharding)
   if dataset == 'folder':
