@@ -81,7 +81,7 @@ def check_same_run(config: ml_collections.ConfigDict, workdir: str) -> None:
   if jax.process_index() == 0:  # Atomic: other hosts may be reading it.
     temporary = epath.Path(str(path) + f'.tmp{os.getpid()}')
     temporary.write_text(json.dumps(current, indent=2))
-    temporary.rename(path)
+    temporary.replace(path)
 
 
 class PreemptionWatcher:
