@@ -194,3 +194,39 @@ def test_workdir_of_a_different_config_is_refused(tmp_path):
     workdir.check_same_run(other, str(tmp_path))
   other.train.allow_config_change = True
   workdir.check_same_run(other, str(tmp_path))
+
+
+SLOW_SAVER = '''
+import sys
+import numpy as np
+from simclr_jax import checkpoints
+workdir = sys.argv[1]
+small = {'kernel': np.ones((4, 4), np.float32)}
+checkpoints.save_variables(workdir, small, {}, {'step': 1}, step=1)
+# Step 2 is large enough (400 MB) that writing it takes a while: the test kills it mid-write.
+big = {'kernel': np.random.default_rng(0).normal(size=(100_000_000,)).astype(np.float32)}
+print('SAVING', flush=True)
+checkpoints.save_variables(workdir, big, {}, {'step': 2}, step=2)
+print('SAVED', flush=True)
+'''
+
+
+@pytest.mark.slow
+def test_kill_during_a_save_restores_the_previous_checkpoint(tmp_path):
+  process = subprocess.Popen(
+    [sys.executable, '-c', SLOW_SAVER, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT, text=True, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  directory = checkpoints.checkpoint_dir(str(tmp_path))
+  deadline, writing = time.time() + 120, False
+  while time.time() < deadline and not writing:
+    names = os.listdir(directory) if os.path.isdir(directory) else []
+    writing = any(n.startswith('2.') and 'tmp' in n for n in names)  # Step 2 being written.
+    assert process.poll() is None, process.stdout.read()[-3000:]
+    time.sleep(0.01)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert writing, 'the save of step 2 was never seen in progress'
+  assert '2' not in os.listdir(directory)  # Step 2 never completed ...
+  params, _, meta = checkpoints.restore_variables(str(tmp_path))
+  assert meta['step'] == 1  # ... so the previous checkpoint is the one restored.
+  np.testing.assert_array_equal(params['kernel'], np.ones((4, 4), np.float32))
