@@ -15,11 +15,10 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.name = 'default'  # Run name; the default workdir is workdirs/<name>.
   config.seed = 0  # Root of every random draw: init, data order, augmentations.
-  # Persistent XLA compilation cache: restarts (e.g. after preemption) skip compiling. '' = off.
-  config.compilation_cache_dir = ''
-  # Stages run in order, each in workdir/<stage>/: 'pretrain', 'finetune', 'distill', and
-  # 'supervised' (the finetune recipe from scratch: the baseline that shows what pretraining bought).
-  config.stages = ('pretrain',)
+  config.compilation_cache_dir = ''  # Persistent XLA cache: restarts skip compiling. '' = off.
+  # 'supervised' is the finetune recipe from scratch: the baseline that shows what pretraining
+  # bought. Each stage runs in workdir/<stage>/.
+  config.stages = ('pretrain',)  # In order: 'pretrain', 'finetune', 'distill', 'supervised'.
 
   # ---- Data -------------------------------------------------------------------------------
   config.data = data = ml_collections.ConfigDict()
@@ -34,13 +33,10 @@ def get_config() -> ml_collections.ConfigDict:
   data.eval_crop_proportion = 0.875  # Centre crop kept at eval (ignored when image_size <= 32).
   data.shuffle_buffer_multiplier = 10  # Shuffle buffer = this x host batch (official: 10; CIFAR 50).
   data.cache = True  # Cache decoded images in memory (small datasets only).
-  # Whole train split as uint8 on every device, views built in the jitted step (JAX-only
-  # augmentation, no host pipeline, works without TensorFlow). Small datasets: CIFAR, STL, demo.
-  data.device_resident = False
+  # Device-resident: JAX-only augmentation, no host pipeline, works without TensorFlow.
+  data.device_resident = False  # Train split as uint8 on every device; views built in the step.
   data.blur_mode = 'batch'  # Device blur: 'batch' = one sigma per device batch (official), 'image'.
-  # With the host pipeline: the host only decodes and brings images to raw_image_size (uint8);
-  # the SimCLR augmentations run on the device inside the jitted step.
-  data.augment_on_device = False
+  data.augment_on_device = False  # Host only decodes to raw_image_size; views built on device.
   data.raw_image_size = 0  # Fixed host size for augment_on_device; 0 = data.image_size.
 
   # ---- Model ------------------------------------------------------------------------------
@@ -103,19 +99,34 @@ def get_config() -> ml_collections.ConfigDict:
   finetune.ft_proj_selector = 1  # SimCLRv2: the classifier sits on the first head layer.
   finetune.zero_init_logits_layer = True  # Official: zero the new classifier after restoring.
   finetune.global_bn = True  # Cross-replica BN while fine-tuning (linear eval recipe: False).
-  finetune.optim = ml_collections.ConfigDict(dict(  # Official ImageNet 1 % recipe (README).
-    optimizer='lars', learning_rate=0.005, learning_rate_scaling='sqrt', warmup_epochs=0.0,
-    weight_decay=0.0, momentum=0.9, trust_coefficient=1e-3))
-  finetune.train = ml_collections.ConfigDict(dict(
-    global_batch_size=1024, train_epochs=60, train_steps=0))
+  # Official ImageNet 1 % fine-tuning recipe (README).
+  finetune.optim = ml_collections.ConfigDict()
+  finetune.optim.optimizer = 'lars'  # Optimizer of this stage (official 1 % recipe).
+  finetune.optim.learning_rate = 0.005  # Base LR before scaling.
+  finetune.optim.learning_rate_scaling = 'sqrt'  # 'linear' or 'sqrt'.
+  finetune.optim.warmup_epochs = 0.0  # Linear warm-up, then cosine decay to 0.
+  finetune.optim.weight_decay = 0.0  # Weight decay.
+  finetune.optim.momentum = 0.9  # Momentum.
+  finetune.optim.trust_coefficient = 1e-3  # LARS eeta.
+  finetune.train = ml_collections.ConfigDict()
+  finetune.train.global_batch_size = 1024  # Images per step over all devices.
+  finetune.train.train_epochs = 60  # Length in epochs of the stage data.
+  finetune.train.train_steps = 0  # If > 0, the exact number of steps.
 
   # ---- Supervised baseline (stage 'supervised': finetune data and model, no restore) --------
   config.supervised = supervised = ml_collections.ConfigDict()
-  supervised.optim = ml_collections.ConfigDict(dict(
-    optimizer='lars', learning_rate=0.1, learning_rate_scaling='linear', warmup_epochs=5.0,
-    weight_decay=1e-4, momentum=0.9, trust_coefficient=1e-3))
-  supervised.train = ml_collections.ConfigDict(dict(
-    global_batch_size=1024, train_epochs=90, train_steps=0))
+  supervised.optim = ml_collections.ConfigDict()
+  supervised.optim.optimizer = 'lars'  # Optimizer of this stage (ours).
+  supervised.optim.learning_rate = 0.1  # Base LR before scaling.
+  supervised.optim.learning_rate_scaling = 'linear'  # 'linear' or 'sqrt'.
+  supervised.optim.warmup_epochs = 5.0  # Linear warm-up, then cosine decay to 0.
+  supervised.optim.weight_decay = 1e-4  # Weight decay.
+  supervised.optim.momentum = 0.9  # Momentum.
+  supervised.optim.trust_coefficient = 1e-3  # LARS eeta.
+  supervised.train = ml_collections.ConfigDict()
+  supervised.train.global_batch_size = 1024  # Images per step over all devices.
+  supervised.train.train_epochs = 90  # Length in epochs of the stage data.
+  supervised.train.train_steps = 0  # If > 0, the exact number of steps.
 
   # ---- Distillation (stage 'distill') -----------------------------------------------------
   config.distill = distill = ml_collections.ConfigDict()
@@ -123,14 +134,23 @@ def get_config() -> ml_collections.ConfigDict:
   distill.student_init_from = ''  # '' = from scratch; 'pretrain' = this run's; or a stage workdir.
   distill.temperature = 1.0  # tau of softmax(teacher / tau) and log_softmax(student / tau).
   distill.label_weight = 0.0  # alpha: weight of the labelled cross-entropy (labelled subset only).
-  distill.student = ml_collections.ConfigDict(dict(  # None = same as the teacher (self-distill).
-    depth=config_dict.placeholder(int), width_multiplier=config_dict.placeholder(float),
-    sk_ratio=config_dict.placeholder(float), blocks_per_stage=config_dict.placeholder(tuple)))
-  distill.optim = ml_collections.ConfigDict(dict(
-    optimizer='lars', learning_rate=0.1, learning_rate_scaling='linear', warmup_epochs=5.0,
-    weight_decay=1e-4, momentum=0.9, trust_coefficient=1e-3))
-  distill.train = ml_collections.ConfigDict(dict(
-    global_batch_size=1024, train_epochs=100, train_steps=0))
+  distill.student = ml_collections.ConfigDict()  # None = as the teacher (self-distillation).
+  distill.student.depth = config_dict.placeholder(int)  # Student ResNet depth.
+  distill.student.width_multiplier = config_dict.placeholder(float)  # Student width.
+  distill.student.sk_ratio = config_dict.placeholder(float)  # Student selective kernels.
+  distill.student.blocks_per_stage = config_dict.placeholder(tuple)  # Student blocks per group.
+  distill.optim = ml_collections.ConfigDict()
+  distill.optim.optimizer = 'lars'  # Optimizer of this stage (ours).
+  distill.optim.learning_rate = 0.1  # Base LR before scaling.
+  distill.optim.learning_rate_scaling = 'linear'  # 'linear' or 'sqrt'.
+  distill.optim.warmup_epochs = 5.0  # Linear warm-up, then cosine decay to 0.
+  distill.optim.weight_decay = 1e-4  # Weight decay.
+  distill.optim.momentum = 0.9  # Momentum.
+  distill.optim.trust_coefficient = 1e-3  # LARS eeta.
+  distill.train = ml_collections.ConfigDict()
+  distill.train.global_batch_size = 1024  # Images per step over all devices.
+  distill.train.train_epochs = 100  # Length in epochs of the stage data.
+  distill.train.train_steps = 0  # If > 0, the exact number of steps.
 
   # ---- Multi-host -------------------------------------------------------------------------
   config.distributed = distributed = ml_collections.ConfigDict()
