@@ -114,9 +114,7 @@ def _train_views(
   ]
 
 
-def _map_examples(
-  dataset: tf.data.Dataset, fn, ignore_decode_errors: bool
-) -> tf.data.Dataset:
+def _map_examples(dataset: tf.data.Dataset, fn, ignore_decode_errors: bool) -> tf.data.Dataset:
   dataset = dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
   if ignore_decode_errors:
     # Encoded images of a folder checked by headers only (image_check.py) are first decoded
