@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from configs import demo as demo_lib
@@ -73,3 +74,20 @@ def test_cli_rejects_bad_config_in_one_line(tmp_path, override, field):
   assert error_lines, proc.stderr[-2000:]
   assert 'Traceback' not in proc.stderr
   assert not os.path.exists(tmp_path / 'checkpoints')  # Failed before building anything.
+
+
+@pytest.mark.slow
+def test_host_decode_with_device_augmentation_trains(tmp_path):
+  """data.augment_on_device + data.decode_crop_only: the host sends encoded-then-decoded uint8
+  at a fixed size and the step builds the views; the loop runs and evaluates exactly."""
+  config = _small_demo()
+  config.train.train_steps = 2
+  config.data.augment_on_device = True
+  config.data.decode_crop_only = True
+  config.data.use_blur = True
+  config.train.plots_at_end = False
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert results['steps'] == 2 and results['eval_num_examples'] == 200
+  with open(os.path.join(str(tmp_path), 'metrics.jsonl')) as f:
+    first = json.loads(f.readline())
+  assert 0 < first['contrastive_loss'] < 2 * np.log(2 * 32) + 1

@@ -56,11 +56,20 @@ def _hosts() -> dict[str, int]:
   return {'process_index': jax.process_index(), 'process_count': jax.process_count()}
 
 
-def load_source(config: ml_collections.ConfigDict, split: str, dataset: str = '') -> sources.Source:
+def load_source(
+  config: ml_collections.ConfigDict, split: str, dataset: str = '', decode: bool = True
+) -> sources.Source:
+  """Examples of a split; `decode=False` keeps them encoded (data.decode_crop_only)."""
   data = config.data
   return sources.load(
-    dataset or data.dataset, split, folder=data.folder, data_dir=data.tfds_data_dir, **_hosts()
+    dataset or data.dataset, split, folder=data.folder, data_dir=data.tfds_data_dir,
+    decode=decode, **_hosts()
   )
+
+
+def _train_source(config: ml_collections.ConfigDict, dataset: str = '') -> sources.Source:
+  return load_source(config, config.data.train_split, dataset,
+                     decode=not config.data.decode_crop_only)
 
 
 def is_official_subset(dataset: str) -> bool:
@@ -82,7 +91,7 @@ def labelled_indices(config: ml_collections.ConfigDict) -> np.ndarray:
 def labelled_source(config: ml_collections.ConfigDict) -> sources.Source:
   """The fine-tuning set: an official tfds subset, or a balanced subset of the train split."""
   dataset = config.finetune.dataset or config.data.dataset
-  source = load_source(config, config.data.train_split, dataset)
+  source = _train_source(config, dataset)
   if is_official_subset(dataset):
     return source
   return subsets.restrict(source, labelled_indices(config), **_hosts())
@@ -109,6 +118,7 @@ def _device_augmented_data(config: ml_collections.ConfigDict, stage: str, source
       cache=config.data.cache,
       start_batch=start_step,
       process_index=jax.process_index(),
+      ignore_decode_errors=source.decode_errors_possible,
     )
     return pipeline.iterate_numpy(dataset)
 
@@ -118,7 +128,7 @@ def _device_augmented_data(config: ml_collections.ConfigDict, stage: str, source
 
 
 def make_pretrain_data(config: ml_collections.ConfigDict) -> TrainData:
-  source = load_source(config, config.data.train_split)
+  source = _train_source(config)
   if config.data.augment_on_device:
     return _device_augmented_data(config, 'pretrain', source)
   host_batch_size = _host_batch(config.train.global_batch_size)
@@ -136,6 +146,7 @@ def make_pretrain_data(config: ml_collections.ConfigDict) -> TrainData:
       cache=config.data.cache,
       start_batch=start_step,
       process_index=jax.process_index(),
+      ignore_decode_errors=source.decode_errors_possible,
     )
     return pipeline.iterate_numpy(dataset)
 
@@ -160,6 +171,7 @@ def _crop_flip_data(
       cache=config.data.cache,
       start_batch=start_step,
       process_index=jax.process_index(),
+      ignore_decode_errors=source.decode_errors_possible,
     )
     return pipeline.iterate_numpy(dataset)
 
@@ -174,7 +186,7 @@ def make_finetune_data(config: ml_collections.ConfigDict) -> TrainData:
 
 def make_distill_data(config: ml_collections.ConfigDict) -> TrainData:
   """Crop + flip views of every train image; labels only on the labelled subset (else -1)."""
-  source = load_source(config, config.data.train_split)
+  source = _train_source(config)
   if config.distill.label_weight > 0 and not is_official_subset(config.finetune.dataset):
     source = subsets.hide_labels_outside(source, labelled_indices(config))
   else:
