@@ -7,7 +7,7 @@ finetune (10 labelled photos per class, from the first projection layer) -> dist
 fine-tuned teacher's soft labels on all 1,000 photos, student initialised from pretraining) ->
 supervised (the baseline: the same 100 labelled photos, no pretraining).
 Hardware: any CPU (2 cores are enough); also runs unchanged on one GPU/TPU.
-Expected: about 5 minutes on 2 CPU cores (docs/BENCHMARKS.md has measured times); the
+Expected: about 4 minutes on 2 CPU cores (3 min 50 s measured, docs/BENCHMARKS.md); the
 contrastive loss falls from about 2*ln(2*128-1) = 11.1; accuracies on the 200 held-out photos
 beat chance (10 %), fine-tuning beats the supervised baseline. The table is printed at the end;
 rerunning finds every stage complete.
