@@ -101,87 +101,57 @@ def _host_batch(global_batch_size: int) -> int:
   return global_batch_size // jax.process_count()
 
 
-def _device_augmented_data(config: ml_collections.ConfigDict, stage: str, source) -> TrainData:
-  """`data.augment_on_device`: host batches of fixed-size uint8 images; views built in the step."""
-  from simclr_jax.data import resident
-  from simclr_jax.sharding import DATA_AXIS
-
+def _host_pipeline_data(
+  config: ml_collections.ConfigDict, source, make_dataset: Callable, prepare=None, **options
+) -> TrainData:
+  """TrainData over one of the tf.data pipelines, with the arguments they all share."""
   host_batch_size = _host_batch(config.train.global_batch_size)
 
   def make_iterator(start_step: int) -> Batches:
-    dataset = pipeline.make_raw_dataset(
+    dataset = make_dataset(
       source.dataset,
       seed=config.seed,
       host_batch_size=host_batch_size,
-      raw_size=config.data.raw_image_size or config.data.image_size,
       shuffle_buffer=config.data.shuffle_buffer_multiplier * host_batch_size,
       cache=config.data.cache,
       start_batch=start_step,
       process_index=jax.process_index(),
       ignore_decode_errors=source.decode_errors_possible,
+      **options,
     )
     return pipeline.iterate_numpy(dataset)
 
   return TrainData(source.num_examples, source.num_classes, source.class_names, make_iterator,
-                   prepare=resident.make_prepare(config, stage, DATA_AXIS),
-                   skipped_paths=tuple(getattr(source, 'skipped_paths', ())))
+                   prepare=prepare, skipped_paths=tuple(getattr(source, 'skipped_paths', ())))
+
+
+def _train_data(config: ml_collections.ConfigDict, stage: str, source) -> TrainData:
+  """Two SimCLR views (pretrain) or one crop + flip view; on the device if configured."""
+  data = config.data
+  if data.augment_on_device:  # Host: decode to a fixed uint8 size; views built in the step.
+    from simclr_jax.data import resident
+    from simclr_jax.sharding import DATA_AXIS
+
+    return _host_pipeline_data(
+      config, source, pipeline.make_raw_dataset,
+      prepare=resident.make_prepare(config, stage, DATA_AXIS),
+      raw_size=data.raw_image_size or data.image_size)
+  if stage == 'pretrain':
+    return _host_pipeline_data(
+      config, source, pipeline.make_pretrain_dataset, image_size=data.image_size,
+      color_jitter_strength=data.color_jitter_strength, use_blur=data.use_blur,
+      num_local_devices=jax.local_device_count())
+  return _host_pipeline_data(config, source, pipeline.make_finetune_dataset,
+                             image_size=data.image_size)
 
 
 def make_pretrain_data(config: ml_collections.ConfigDict) -> TrainData:
-  source = _train_source(config)
-  if config.data.augment_on_device:
-    return _device_augmented_data(config, 'pretrain', source)
-  host_batch_size = _host_batch(config.train.global_batch_size)
-
-  def make_iterator(start_step: int) -> Batches:
-    dataset = pipeline.make_pretrain_dataset(
-      source.dataset,
-      seed=config.seed,
-      host_batch_size=host_batch_size,
-      image_size=config.data.image_size,
-      color_jitter_strength=config.data.color_jitter_strength,
-      use_blur=config.data.use_blur,
-      num_local_devices=jax.local_device_count(),
-      shuffle_buffer=config.data.shuffle_buffer_multiplier * host_batch_size,
-      cache=config.data.cache,
-      start_batch=start_step,
-      process_index=jax.process_index(),
-      ignore_decode_errors=source.decode_errors_possible,
-    )
-    return pipeline.iterate_numpy(dataset)
-
-  return TrainData(source.num_examples, source.num_classes, source.class_names, make_iterator,
-                   skipped_paths=tuple(getattr(source, 'skipped_paths', ())))
-
-
-def _crop_flip_data(
-  config: ml_collections.ConfigDict, source: sources.Source, stage: str = 'finetune'
-) -> TrainData:
-  if config.data.augment_on_device:
-    return _device_augmented_data(config, stage, source)
-  host_batch_size = _host_batch(config.train.global_batch_size)
-
-  def make_iterator(start_step: int) -> Batches:
-    dataset = pipeline.make_finetune_dataset(
-      source.dataset,
-      seed=config.seed,
-      host_batch_size=host_batch_size,
-      image_size=config.data.image_size,
-      shuffle_buffer=config.data.shuffle_buffer_multiplier * host_batch_size,
-      cache=config.data.cache,
-      start_batch=start_step,
-      process_index=jax.process_index(),
-      ignore_decode_errors=source.decode_errors_possible,
-    )
-    return pipeline.iterate_numpy(dataset)
-
-  return TrainData(source.num_examples, source.num_classes, source.class_names, make_iterator,
-                   skipped_paths=tuple(getattr(source, 'skipped_paths', ())))
+  return _train_data(config, 'pretrain', _train_source(config))
 
 
 def make_finetune_data(config: ml_collections.ConfigDict) -> TrainData:
   """Crop + flip views of the labelled subset (finetune and supervised stages)."""
-  return _crop_flip_data(config, labelled_source(config))
+  return _train_data(config, 'finetune', labelled_source(config))
 
 
 def make_distill_data(config: ml_collections.ConfigDict) -> TrainData:
@@ -191,7 +161,7 @@ def make_distill_data(config: ml_collections.ConfigDict) -> TrainData:
     source = subsets.hide_labels_outside(source, labelled_indices(config))
   else:
     source = subsets.hide_labels_outside(source, np.zeros([0], np.int64))
-  return _crop_flip_data(config, source, 'distill')
+  return _train_data(config, 'distill', source)
 
 
 def make_resident_data(config: ml_collections.ConfigDict, stage: str, mesh) -> TrainData:
