@@ -20,15 +20,14 @@ No TensorFlow: folders are decoded with Pillow; TF/tfds is imported lazily only 
 """
 
 import dataclasses
-import os
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')  # As sources.IMAGE_EXTENSIONS.
+from simclr_jax.data import folders
+
 _SHUFFLE = 1  # Purpose folded into the root key (as pipeline._SHUFFLE).
 
 
@@ -51,54 +50,8 @@ class DeviceSplit:
   class_names: tuple[str, ...]
 
 
-def demo_data_dir() -> str:
-  """The embedded CIFAR-10 demo folder, without importing `sources` (which imports TF)."""
-  return str(pathlib.Path(__file__).resolve().parent.parent / 'demo_data' / 'cifar10')
-
-
-def _subfolders(folder: str) -> list[str]:
-  return sorted(n for n in os.listdir(folder) if os.path.isdir(os.path.join(folder, n)))
-
-
-def _images_in(folder: str) -> list[str]:
-  return sorted(
-    n for n in os.listdir(folder)
-    if n.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, n))
-  )
-
-
-def list_folder(root: str, split: str) -> tuple[list[str], list[int], tuple[str, ...]]:
-  """(paths, labels, class_names) in the order of `sources.from_folder`.
-
-  Classes are the sorted union of class folders over all splits; files sorted within a class;
-  a flat folder of images gives labels -1. Kept in step with sources._list_folder (tested).
-  """
-  split_dir = os.path.join(root, split)
-  if not os.path.isdir(split_dir):
-    if os.path.isdir(root) and _images_in(root) and not _subfolders(root):
-      split_dir = root
-    else:
-      raise ValueError(f'data.folder={root!r} has no split folder {split!r}; set data.folder to '
-                       'root/<split>/<class>/*.png|jpg or a flat folder of images.')
-  class_names: tuple[str, ...] = ()
-  if _subfolders(split_dir) and split_dir != root:
-    class_names = tuple(sorted({c for s in _subfolders(root)
-                                for c in _subfolders(os.path.join(root, s))}))
-  paths: list[str] = []
-  labels: list[int] = []
-  if class_names:
-    for label, name in enumerate(class_names):
-      class_dir = os.path.join(split_dir, name)
-      if os.path.isdir(class_dir):
-        files = _images_in(class_dir)
-        paths += [os.path.join(class_dir, f) for f in files]
-        labels += [label] * len(files)
-  else:
-    paths = [os.path.join(split_dir, f) for f in _images_in(split_dir)]
-    labels = [-1] * len(paths)
-  if not paths:
-    raise ValueError(f'data.folder={root!r} split {split!r} contains no images.')
-  return paths, labels, class_names
+demo_data_dir = folders.demo_data_dir
+list_folder = folders.list_image_folder  # The listing of sources.from_folder, without TF.
 
 
 def load_folder(root: str, split: str) -> HostSplit:
@@ -117,7 +70,7 @@ def load_folder(root: str, split: str) -> HostSplit:
       raise ValueError(f'{path} is {array.shape[:2]}, not {first[:2]} like {paths[0]}; a '
                        'device-resident split needs equal image sizes (use the host pipeline).')
     images.append(array)
-  return HostSplit(np.stack(images), np.asarray(labels, np.int32), class_names)
+  return HostSplit(np.stack(images), np.asarray(labels, np.int32), tuple(class_names))
 
 
 def load_tfds(name: str, split: str, data_dir: str | None = None) -> HostSplit:

@@ -14,16 +14,15 @@ shares are disjoint, cover the split and do not depend on timing.
 """
 
 import dataclasses
-import os
-import pathlib
 
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
-from simclr_jax.data import image_check
+from simclr_jax.data import folders, image_check
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
+IMAGE_EXTENSIONS = folders.IMAGE_EXTENSIONS
+demo_data_dir = folders.demo_data_dir  # Re-exported: callers use sources.demo_data_dir().
 KNOWN_TFDS_EXAMPLES = 'cifar10, cifar100, stl10, imagenet2012, imagenet2012_subset/1pct'
 
 
@@ -42,11 +41,6 @@ class Source:
   decode_errors_possible: bool = False
 
 
-def demo_data_dir() -> str:
-  """The embedded CIFAR-10 demo folder (`train/` and `test/` of 10 class folders)."""
-  return str(pathlib.Path(__file__).resolve().parent.parent / 'demo_data' / 'cifar10')
-
-
 def _host_count(total: int, process_index: int, process_count: int) -> int:
   return len(range(process_index, total, process_count))
 
@@ -61,18 +55,6 @@ def _to_rgb(image: tf.Tensor) -> tf.Tensor:
 
 
 # ----------------------------------------------------------------------------- image folders
-
-
-def _is_image(path: str) -> bool:
-  return os.path.isfile(path) and path.lower().endswith(IMAGE_EXTENSIONS)
-
-
-def _images_in(folder: str) -> list[str]:
-  return sorted(name for name in os.listdir(folder) if _is_image(os.path.join(folder, name)))
-
-
-def _subfolders(folder: str) -> list[str]:
-  return sorted(n for n in os.listdir(folder) if os.path.isdir(os.path.join(folder, n)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,46 +76,7 @@ def _listing(
   root: str, split: str, full_check_max_bytes: int = image_check.FULL_CHECK_MAX_BYTES
 ) -> _Listing:
   """The images of root/<split>/<class>/* or of a flat folder, unreadable ones set aside."""
-  if not os.path.isdir(root):
-    raise ValueError(
-      f'data.folder={root!r} does not exist; set data.folder to a folder of images '
-      '(root/<split>/<class>/*.png|jpg, or a flat folder of unlabeled images).'
-    )
-  split_dir = os.path.join(root, split)
-  if not os.path.isdir(split_dir):
-    if _images_in(root) and not _subfolders(root):
-      logging.info('data.folder=%r is a flat folder of unlabeled images; split %r ignored.', root,
-                   split)
-      split_dir = root
-    else:
-      raise ValueError(
-        f'data.folder={root!r} has no split folder {split!r} (found: '
-        f'{", ".join(_subfolders(root)) or "none"}); set the split (data.train_split / '
-        'data.eval_split) to one of them.'
-      )
-  # Class ids come from the sorted union of class folders over all splits, so that a class
-  # missing from one split does not shift the ids of the others.
-  class_names = _subfolders(split_dir)
-  if class_names and split_dir != root:
-    every_split = [os.path.join(root, s) for s in _subfolders(root)]
-    class_names = sorted({c for s in every_split for c in _subfolders(s)})
-  paths: list[str] = []
-  labels: list[int] = []
-  if class_names:
-    for label, name in enumerate(class_names):
-      class_dir = os.path.join(split_dir, name)
-      if os.path.isdir(class_dir):
-        files = _images_in(class_dir)
-        paths += [os.path.join(class_dir, f) for f in files]
-        labels += [label] * len(files)
-  else:
-    paths = [os.path.join(split_dir, f) for f in _images_in(split_dir)]
-    labels = [-1] * len(paths)
-  if not paths:
-    raise ValueError(
-      f'data.folder={root!r} split {split!r} contains no {"/".join(IMAGE_EXTENSIONS)} images '
-      f'in {split_dir}; put images in <split>/<class>/ folders or point data.folder elsewhere.'
-    )
+  paths, labels, class_names = folders.list_image_folder(root, split)
   skipped, fully_checked = image_check.find_unreadable(
     paths, full_check_max_bytes=full_check_max_bytes)
   if len(skipped) == len(paths):

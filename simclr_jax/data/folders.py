@@ -1,0 +1,77 @@
+"""Listing image folders: root/<split>/<class>/*.{jpg,jpeg,png} or a flat folder of images.
+
+The one listing shared by the tf.data sources (`sources.py`, which also sets unreadable files
+aside) and the TensorFlow-free device-resident data (`device_data.py`); no TensorFlow here.
+"""
+
+import os
+import pathlib
+
+from absl import logging
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
+
+
+def demo_data_dir() -> str:
+  """The embedded CIFAR-10 demo folder (`train/` and `test/` of 10 class folders)."""
+  return str(pathlib.Path(__file__).resolve().parent.parent / 'demo_data' / 'cifar10')
+
+
+def _is_image(path: str) -> bool:
+  return os.path.isfile(path) and path.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def images_in(folder: str) -> list[str]:
+  return sorted(name for name in os.listdir(folder) if _is_image(os.path.join(folder, name)))
+
+
+def subfolders(folder: str) -> list[str]:
+  return sorted(n for n in os.listdir(folder) if os.path.isdir(os.path.join(folder, n)))
+
+
+def list_image_folder(root: str, split: str) -> tuple[list[str], list[int], list[str]]:
+  """Sorted (paths, labels, class_names) of a split; labels -1 for a flat folder.
+
+  Order: classes sorted by name, files sorted by name within a class.
+  """
+  if not os.path.isdir(root):
+    raise ValueError(
+      f'data.folder={root!r} does not exist; set data.folder to a folder of images '
+      '(root/<split>/<class>/*.png|jpg, or a flat folder of unlabeled images).'
+    )
+  split_dir = os.path.join(root, split)
+  if not os.path.isdir(split_dir):
+    if images_in(root) and not subfolders(root):
+      logging.info('data.folder=%r is a flat folder of unlabeled images; split %r ignored.', root,
+                   split)
+      split_dir = root
+    else:
+      raise ValueError(
+        f'data.folder={root!r} has no split folder {split!r} (found: '
+        f'{", ".join(subfolders(root)) or "none"}); set the split (data.train_split / '
+        'data.eval_split) to one of them.'
+      )
+  # Class ids come from the sorted union of class folders over all splits, so that a class
+  # missing from one split does not shift the ids of the others.
+  class_names = subfolders(split_dir)
+  if class_names and split_dir != root:
+    every_split = [os.path.join(root, s) for s in subfolders(root)]
+    class_names = sorted({c for s in every_split for c in subfolders(s)})
+  paths: list[str] = []
+  labels: list[int] = []
+  if class_names:
+    for label, name in enumerate(class_names):
+      class_dir = os.path.join(split_dir, name)
+      if os.path.isdir(class_dir):
+        files = images_in(class_dir)
+        paths += [os.path.join(class_dir, f) for f in files]
+        labels += [label] * len(files)
+  else:
+    paths = [os.path.join(split_dir, f) for f in images_in(split_dir)]
+    labels = [-1] * len(paths)
+  if not paths:
+    raise ValueError(
+      f'data.folder={root!r} split {split!r} contains no {"/".join(IMAGE_EXTENSIONS)} images '
+      f'in {split_dir}; put images in <split>/<class>/ folders or point data.folder elsewhere.'
+    )
+  return paths, labels, class_names
