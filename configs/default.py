@@ -80,6 +80,7 @@ def get_config() -> ml_collections.ConfigDict:
   train.eval_batch_size = 256  # Global eval batch (padded and masked, so any size works).
   train.plots_at_end = True  # Augmentations, t-SNE and curves into <stage workdir>/plots/.
   train.skip_nonfinite_updates = False  # Skip (not apply) updates with NaN/Inf gradients.
+  train.shard_state = False  # Split params and optimizer state over devices (big models).
   train.allow_config_change = False  # Continue a workdir whose saved config differs.
 
   # ---- kNN monitor (pretraining) ----------------------------------------------------------

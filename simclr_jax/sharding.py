@@ -44,3 +44,41 @@ def global_batch_from_host(mesh: Mesh, host_batch: dict[str, np.ndarray]) -> dic
 def replicate(mesh: Mesh, tree: Any) -> Any:
   """Places a pytree (params, optimizer state) fully replicated on the mesh."""
   return jax.device_put(tree, replicated(mesh))
+
+
+# ---- Sharded train state (ZeRO-3 / FSDP style) ----------------------------------------------
+# With `train.shard_state`, every parameter and optimizer-state tensor of at least
+# MIN_SHARDED_SIZE elements is split along one of its dimensions over the `data` axis, so each
+# device stores 1/N of it. The step all-gathers the parameters for the loss and gradients,
+# cuts the gradients back to the parameters' layout and applies the optimizer on the shards,
+# where XLA computes LARS's per-tensor norms over the shards exactly (train.make_train_step). Small tensors (biases, BatchNorm) and BatchNorm statistics stay replicated.
+MIN_SHARDED_SIZE = 2**14
+
+
+def state_spec(shape: tuple[int, ...], num_shards: int, min_size: int | None = None) -> P:
+  """The largest dimension divisible by `num_shards` goes over `data`; P() if none or small."""
+  min_size = MIN_SHARDED_SIZE if min_size is None else min_size
+  if num_shards <= 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
+    return P()
+  candidates = [d for d in range(len(shape)) if shape[d] % num_shards == 0]
+  if not candidates:
+    return P()
+  dim = max(candidates, key=lambda d: (shape[d], -d))  # Largest; the first on a tie.
+  return P(*([None] * dim + [DATA_AXIS]))
+
+
+def tree_specs(tree: Any, num_shards: int, min_size: int | None = None) -> Any:
+  """`state_spec` of every array leaf (shape-based, so params and their momentum agree)."""
+  return jax.tree.map(lambda x: state_spec(tuple(np.shape(x)), num_shards, min_size), tree)
+
+
+def named(mesh: Mesh, specs: Any) -> Any:
+  return jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs,
+                      is_leaf=lambda x: isinstance(x, P))
+
+
+def to_host(tree: Any, mesh: Mesh) -> Any:
+  """NumPy copies of (possibly sharded, multi-host) arrays on every host."""
+  if all(getattr(x, 'is_fully_addressable', True) for x in jax.tree.leaves(tree)):
+    return jax.device_get(tree)
+  return jax.device_get(jax.jit(lambda t: t, out_shardings=replicated(mesh))(tree))

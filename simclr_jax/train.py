@@ -5,12 +5,15 @@
 The step is `jax.jit(jax.shard_map(step_fn))` over a 1-D `data` mesh: inside, each device sees
 its slice of the global batch, BatchNorm reduces its statistics over the axis (global BN), the
 NT-Xent loss all-gathers the projections, and the loss is the global-batch mean, so gradients
-come out already averaged over devices. The state is replicated and donated.
+come out already averaged over devices. The state is donated; it is replicated, or with
+`train.shard_state` its parameters and optimizer state are split over the devices.
 
 Every stage (pretrain, finetune, distill, supervised) runs through `train_and_evaluate`; a stage
 differs only in its data, its loss (`stages.py`), which parameters train, and what it restores.
 """
 
+import dataclasses
+import functools
 import json
 import os
 import time
@@ -107,38 +110,53 @@ def build_optimizer(
   return tx, schedule, total_steps
 
 
-def init_state(model, tx, image_size: int, seed: int, mesh, variables: dict | None = None):
-  """The train state replicated on the mesh: fresh (from `seed`) or from given variables."""
+def _initial_state(model, tx, image_size: int, rng, given: dict | None) -> TrainState:
+  if given is None:
+    given = model.init(rng, jnp.zeros((2, image_size, image_size, 3), jnp.float32), train=False)
+  params = given['params']
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    batch_stats=given.get('batch_stats', {}),
+    opt_state=tx.init(params),
+  )
 
-  def init(rng, given):
-    if given is None:
-      given = model.init(rng, jnp.zeros((2, image_size, image_size, 3), jnp.float32), train=False)
-    params = given['params']
-    return TrainState(
-      step=jnp.zeros((), jnp.int32),
-      params=params,
-      batch_stats=given.get('batch_stats', {}),
-      opt_state=tx.init(params),
-    )
 
+def init_state(model, tx, image_size: int, seed: int, mesh, variables: dict | None = None,
+               shard_state: bool = False):
+  """The train state on the mesh (replicated, or sharded: `state_shardings`), fresh (from
+  `seed`) or from given variables."""
+  init = functools.partial(_initial_state, model, tx, image_size)
   rng = jax.random.fold_in(jax.random.key(seed), 0)  # purpose 0: parameter init
-  return jax.jit(init, out_shardings=sharding.replicated(mesh))(rng, variables)
+  shardings = state_shardings(jax.eval_shape(init, rng, variables), mesh, shard_state)
+  return jax.jit(init, out_shardings=shardings)(rng, variables)
 
 
 def make_train_step(
-  loss_fn: stages.LossFn, tx, schedule, mesh, trainable: Any = None, prepare=None
+  loss_fn: stages.LossFn, tx, schedule, mesh, trainable: Any = None, prepare=None,
+  state_sharding: Any = None,
 ):
-  """jit(shard_map(step)): one optimizer update on a global batch; state donated.
+  """jit(step): one optimizer update on a global batch; state donated.
 
   `prepare(batch, dataset, step)` (device-resident data) turns the host's example indices into
   augmented views on the device before the loss; `dataset` is passed replicated each call.
+
+  Replicated state (`state_sharding=None`): the whole step runs inside `shard_map`. Sharded
+  state (`state_sharding`: a TrainState of NamedShardings, see `state_shardings`): XLA
+  all-gathers the parameters (and a sharded teacher) into the `shard_map` that computes loss
+  and gradients exactly as the replicated step does; the all-reduced gradients are cut to the
+  parameters' layout and the optimizer runs on the shards, where XLA computes LARS's
+  per-tensor norms over all shards exactly. Both give the same update (tests/train_test.py).
   """
 
-  def step_fn(state: TrainState, batch, aux, dataset):
+  def loss_and_grads(params, batch_stats, batch, aux, dataset, step):
     if prepare is not None:
-      batch = prepare(batch, dataset, state.step)
+      batch = prepare(batch, dataset, step)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (_, (batch_stats, metrics)), grads = grad_fn(state.params, state.batch_stats, batch, aux)
+    (_, (batch_stats, metrics)), grads = grad_fn(params, batch_stats, batch, aux)
+    return grads, batch_stats, metrics
+
+  def apply_gradients(state: TrainState, grads, batch_stats, metrics):
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     if trainable is not None:  # Frozen parameters stay bit-identical.
       updates = jax.tree.map(lambda u, t: u if t else jnp.zeros_like(u), updates, trainable)
@@ -149,19 +167,110 @@ def make_train_step(
     metrics['weight_norm'] = optax.tree.norm(params)
     return TrainState(state.step + 1, params, batch_stats, opt_state), metrics
 
-  sharded = jax.shard_map(
-    step_fn, mesh=mesh, in_specs=(P(), P(sharding.DATA_AXIS), P(), P()), out_specs=(P(), P())
+  data = P(sharding.DATA_AXIS)
+  sharded_grads = jax.shard_map(
+    loss_and_grads, mesh=mesh, in_specs=(P(), P(), data, P(), P(), P()),
+    out_specs=(P(), P(), P()))
+
+  if state_sharding is None:
+    def step_fn(state: TrainState, batch, aux, dataset):
+      grads, batch_stats, metrics = loss_and_grads(
+        state.params, state.batch_stats, batch, aux, dataset, state.step)
+      return apply_gradients(state, grads, batch_stats, metrics)
+
+    step_fn = jax.shard_map(
+      step_fn, mesh=mesh, in_specs=(P(), data, P(), P()), out_specs=(P(), P()))
+    jitted = jax.jit(step_fn, donate_argnums=0)
+  else:
+    def step_fn(state: TrainState, batch, aux, dataset):
+      grads, batch_stats, metrics = sharded_grads(
+        state.params, state.batch_stats, batch, aux, dataset, state.step)
+      grads = jax.lax.with_sharding_constraint(grads, state_sharding.params)
+      return apply_gradients(state, grads, batch_stats, metrics)
+
+    jitted = jax.jit(step_fn, out_shardings=(state_sharding, sharding.replicated(mesh)),
+                     donate_argnums=0)
+  step = lambda state, batch, aux=None, dataset=None: jitted(state, batch, aux, dataset)
+  step.lower = lambda state, batch, aux=None, dataset=None: jitted.lower(state, batch, aux, dataset)
+  return step
+
+
+def teacher_shardings(teacher_variables: Any, mesh, shard_state: bool) -> Any:
+  """The frozen teacher's variables: replicated, or split like parameters under shard_state."""
+  if not shard_state:
+    return jax.tree.map(lambda _: sharding.replicated(mesh), teacher_variables)
+  return sharding.named(mesh, sharding.tree_specs(teacher_variables, mesh.size))
+
+
+def state_shardings(abstract_state: 'TrainState', mesh, shard_state: bool) -> 'TrainState':
+  """NamedShardings of the train state: all replicated, or parameters and optimizer state split
+  over `data` (sharding.state_spec); the step counter and BN statistics stay replicated."""
+  replicated = sharding.replicated(mesh)
+  if not shard_state:
+    return jax.tree.map(lambda _: replicated, abstract_state)
+  specs = lambda tree: sharding.named(mesh, sharding.tree_specs(tree, mesh.size))
+  return TrainState(
+    step=replicated,
+    params=specs(abstract_state.params),
+    batch_stats=jax.tree.map(lambda _: replicated, abstract_state.batch_stats),
+    opt_state=specs(abstract_state.opt_state),
   )
-  jitted = jax.jit(sharded, donate_argnums=0)
-  return lambda state, batch, aux=None, dataset=None: jitted(state, batch, aux, dataset)
+
+
+@dataclasses.dataclass(frozen=True)
+class StageParts:
+  """What a stage compiles: its model, which parameters train, its loss (no data, no values)."""
+
+  model: Any
+  trainable: Any  # Bool pytree like the params.
+  loss_fn: stages.LossFn
+
+
+def build_stage_parts(
+  config: ml_collections.ConfigDict, stage: str, num_classes: int, teacher_model=None
+) -> StageParts:
+  """The model, trainable mask and loss of `stage` (`config` is the stage's derived config)."""
+  finetune = config.finetune
+  linear_eval = stage == 'finetune' and finetune.fine_tune_after_block >= 4
+  model = build_model(
+    config, num_classes, supervised_head_stop_gradient=stage == 'pretrain', frozen_bn=linear_eval,
+  )
+  abstract = abstract_variables(model, config.data.image_size)
+  trainable = stages.trainable_mask(
+    abstract['params'], stage, fine_tune_after_block=finetune.fine_tune_after_block,
+    ft_proj_selector=config.model.ft_proj_selector, num_proj_layers=config.model.num_proj_layers,
+  )
+  common = dict(weight_decay=config.optim.weight_decay, optimizer=config.optim.optimizer,
+                global_bn=config.model.global_bn)
+  if stage == 'pretrain':
+    loss_fn = stages.pretrain_loss_fn(
+      model, temperature=config.train.temperature,
+      linear_probe=config.train.linear_eval_while_pretraining, **common,
+    )
+  elif stage == 'distill':
+    loss_fn = stages.distill_loss_fn(
+      model, teacher_model, mask=trainable, temperature=config.distill.temperature,
+      label_weight=config.distill.label_weight, **common,
+    )
+  else:
+    loss_fn = stages.finetune_loss_fn(model, mask=trainable, **common)
+  return StageParts(model, trainable, loss_fn)
+
+
+def abstract_state(model, tx, image_size: int, mesh, shard_state: bool) -> TrainState:
+  """ShapeDtypeStructs (with their shardings) of a stage's train state; nothing allocated."""
+  shapes = jax.eval_shape(
+    lambda: _initial_state(model, tx, image_size, jax.random.key(0), None))
+  shardings = state_shardings(shapes, mesh, shard_state)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      shapes, shardings)
 
 
 class _Stage:
-  """What differs between stages: data, model, loss, trainable mask, initial variables."""
+  """A stage's parts plus its data and initial variables."""
 
   def __init__(self, config: ml_collections.ConfigDict, stage: str, restore: dict, mesh):
     self.name = stage
-    finetune = config.finetune
     if config.data.device_resident:
       self.data = data_input.make_resident_data(config, stage, mesh)
     elif stage == 'pretrain':
@@ -170,32 +279,10 @@ class _Stage:
       self.data = data_input.make_distill_data(config)
     else:
       self.data = data_input.make_finetune_data(config)
-    linear_eval = stage == 'finetune' and finetune.fine_tune_after_block >= 4
-    self.model = build_model(
-      config, self.data.num_classes, supervised_head_stop_gradient=stage == 'pretrain',
-      frozen_bn=linear_eval,
-    )
-    abstract = abstract_variables(self.model, config.data.image_size)
-    self.trainable = stages.trainable_mask(
-      abstract['params'], stage, fine_tune_after_block=finetune.fine_tune_after_block,
-      ft_proj_selector=config.model.ft_proj_selector, num_proj_layers=config.model.num_proj_layers,
-    )
+    parts = build_stage_parts(config, stage, self.data.num_classes, restore.get('teacher_model'))
+    self.model, self.trainable, self.loss_fn = parts.model, parts.trainable, parts.loss_fn
     self.init_variables = restore.get('variables')  # Host arrays or None (fresh init).
     self.aux = restore.get('teacher_variables')
-    common = dict(weight_decay=config.optim.weight_decay, optimizer=config.optim.optimizer,
-                  global_bn=config.model.global_bn)
-    if stage == 'pretrain':
-      self.loss_fn = stages.pretrain_loss_fn(
-        self.model, temperature=config.train.temperature,
-        linear_probe=config.train.linear_eval_while_pretraining, **common,
-      )
-    elif stage == 'distill':
-      self.loss_fn = stages.distill_loss_fn(
-        self.model, restore['teacher_model'], mask=self.trainable,
-        temperature=config.distill.temperature, label_weight=config.distill.label_weight, **common,
-      )
-    else:
-      self.loss_fn = stages.finetune_loss_fn(self.model, mask=self.trainable, **common)
 
 
 def train_and_evaluate(
@@ -225,9 +312,11 @@ def train_and_evaluate(
   tx, schedule, total_steps = build_optimizer(
     config, abstract_params, spec.data.num_examples, spec.trainable
   )
-  state = init_state(spec.model, tx, config.data.image_size, config.seed, mesh, spec.init_variables)
-  if spec.aux is not None:
-    spec.aux = sharding.replicate(mesh, spec.aux)
+  shard_state = config.train.shard_state
+  state = init_state(spec.model, tx, config.data.image_size, config.seed, mesh, spec.init_variables,
+                     shard_state=shard_state)
+  if spec.aux is not None:  # The frozen teacher: laid out like the parameters.
+    spec.aux = jax.device_put(spec.aux, teacher_shardings(spec.aux, mesh, shard_state))
 
   manager = checkpoints.make_manager(workdir, keep=config.train.keep_checkpoints)
   restored = checkpoints.restore_latest(manager, checkpoints.abstract_like(state))
@@ -248,8 +337,9 @@ def train_and_evaluate(
     config.train.global_batch_size, jax.device_count(), start_step,
   )
 
-  train_step = make_train_step(spec.loss_fn, tx, schedule, mesh, spec.trainable,
-                               spec.data.prepare)
+  train_step = make_train_step(
+    spec.loss_fn, tx, schedule, mesh, spec.trainable, spec.data.prepare,
+    state_sharding=jax.tree.map(lambda x: x.sharding, state) if shard_state else None)
   eval_step = evaluation.make_eval_step(spec.model, mesh)
   knn = _KnnMonitor(config, spec.model, mesh) if stage == 'pretrain' else None
   report_progress = progress.create_progress(total_steps, writer)
@@ -321,7 +411,7 @@ def train_and_evaluate(
   if jax.process_index() == 0:
     (epath.Path(workdir) / RESULTS_FILE).write_text(json.dumps(results, indent=2))
   if config.train.plots_at_end:
-    _render_plots(config, workdir, state)
+    _render_plots(config, workdir, state, mesh)
   logging.info('%s results: %s', stage, {k: v for k, v in results.items() if k != 'config'})
   return results
 
@@ -344,12 +434,13 @@ class _KnnMonitor:
     )
 
 
-def _render_plots(config, workdir: str, state: TrainState) -> None:
+def _render_plots(config, workdir: str, state: TrainState, mesh) -> None:
   """Augmentation grid, t-SNE and curves into workdir/plots (never fails the stage)."""
   try:
     from simclr_jax import visualize
 
-    variables = jax.device_get({'params': state.params, 'batch_stats': state.batch_stats})
+    variables = sharding.to_host({'params': state.params, 'batch_stats': state.batch_stats},
+                                 mesh)
     written = visualize.render_stage_plots(config, workdir, variables=variables)
     logging.info('Plots: %s', ', '.join(written))
   except Exception as error:  # noqa: BLE001 - a plot must never lose a finished stage.

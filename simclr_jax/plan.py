@@ -1,0 +1,503 @@
+"""Rehearse a Cloud TPU slice on this machine: compile every stage's real step for it.
+
+    python -m simclr_jax.plan --config=configs/r152_3x.py --accelerator-type=v4-64 \
+        [--config.field=value ...] [--out=plan.json]
+
+No TPU is needed, only libtpu (`pip install -e '.[tpu]'`): JAX describes the slice
+(`jax.experimental.topologies`), and the train and eval steps that `train.py` runs (the same
+functions, shardings and donation; distillation with its teacher) are compiled for it with
+abstract inputs. For every stage in `config.stages` one row: devices, per-device batch,
+per-device HBM (state, batch, temporaries, total) against capacity, FLOPs and bytes per step, a
+roofline lower bound on the step time from the chip's peak FLOP/s and HBM bandwidth, views/s per
+chip and MFU at that bound, and the images/s each host's input must deliver. A stage that does
+not fit is re-planned with the cheapest change that fits (state sharding, remat, then a larger
+slice), and the command exits 1.
+
+These are compiled estimates, not measurements: the compiler's memory plan is exact for the
+program, but step times are lower bounds (no communication, no input stalls, no overheads).
+"""
+
+import dataclasses
+import json
+import math
+import os
+import re
+import sys
+import time
+from typing import Any
+
+os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')  # Several plans may run at once.
+
+GIB = 2**30
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+  """One TPU generation, per chip, as Google Cloud documents it (`source`)."""
+
+  name: str  # gcloud's prefix: v4 in v4-64.
+  topology_prefix: str  # jax.experimental.topologies name: v5e in v5e:4x4.
+  counts_cores: bool  # The accelerator-type number counts TensorCores (else chips).
+  cores_per_chip: int
+  megacore: bool  # One JAX device per chip (v4, v5p); else one per TensorCore.
+  dims: int  # Torus dimensions of the slice topology.
+  hbm_gib: float  # HBM per chip.
+  peak_tflops: float  # bf16 per chip.
+  hbm_gbps: float  # HBM bandwidth per chip, GB/s.
+  source: str
+
+  @property
+  def devices_per_chip(self) -> int:
+    return 1 if self.megacore else self.cores_per_chip
+
+
+# Figures from each generation's page of docs.cloud.google.com/tpu/docs (read 2026-11-30).
+# v5e/v6e pages state HBM in GB (converted here); v5p's newer page says 95 GiB.
+CHIPS = {
+  'v3': Chip('v3', 'v3', True, 2, False, 2, 32.0, 123.0, 900.0,
+             'https://cloud.google.com/tpu/docs/v3'),
+  'v4': Chip('v4', 'v4', True, 2, True, 3, 32.0, 275.0, 1200.0,
+             'https://cloud.google.com/tpu/docs/v4'),
+  'v5litepod': Chip('v5litepod', 'v5e', False, 1, False, 2, 16e9 / GIB, 197.0, 819.0,
+                    'https://cloud.google.com/tpu/docs/v5e'),
+  'v5p': Chip('v5p', 'v5p', True, 2, True, 3, 95.0, 459.0, 2765.0,
+              'https://cloud.google.com/tpu/docs/v5p-training'),
+  'v6e': Chip('v6e', 'v6e', False, 1, False, 2, 32e9 / GIB, 918.0, 1640.0,
+              'https://cloud.google.com/tpu/docs/v6e'),
+}
+
+
+class PlanError(ValueError):
+  """A bad accelerator type or a plan that cannot be made: one line for the user."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Slice:
+  accelerator_type: str
+  chip: Chip
+  chips: int
+  topology: str  # e.g. v4:4x4x2
+
+  @property
+  def num_devices(self) -> int:
+    return self.chips * self.chip.devices_per_chip
+
+  @property
+  def hbm_per_device(self) -> float:
+    return self.chip.hbm_gib * GIB / self.chip.devices_per_chip
+
+  def scaled(self, factor: int) -> 'Slice':
+    count = int(self.accelerator_type.rsplit('-', 1)[1]) * factor
+    return parse_accelerator_type(f'{self.chip.name}-{count}')
+
+
+def _grid(chips: int, dims: int) -> list[int]:
+  """Near-cubic torus sides (ascending) for a power-of-two chip count: 32 chips, 3-D: 2x4x4."""
+  if chips < 1 or chips & (chips - 1):
+    raise PlanError(f'{chips} chips is not a power of two; pass --topology (e.g. v4:2x2x3)')
+  sides = [1] * dims
+  while math.prod(sides) < chips:
+    sides[sides.index(min(sides))] *= 2
+  return sorted(sides)
+
+
+def parse_accelerator_type(accelerator_type: str) -> Slice:
+  """gcloud's spelling (v3-128, v4-64, v5litepod-256, v5p-128, v6e-64) -> the slice."""
+  match = re.fullmatch(r'(v\d+[a-z]*)-(\d+)', accelerator_type.strip())
+  known = ', '.join(f'{name}-N' for name in CHIPS)
+  if not match or match.group(1) not in CHIPS:
+    raise PlanError(f'--accelerator-type={accelerator_type!r} is not a TPU type this plan knows; '
+                    f'use one of {known} (as gcloud spells them, e.g. v4-64)')
+  chip, count = CHIPS[match.group(1)], int(match.group(2))
+  per_chip = chip.cores_per_chip if chip.counts_cores else 1
+  if count < per_chip or count % per_chip:
+    raise PlanError(f'--accelerator-type={accelerator_type}: {chip.name} counts '
+                    f'{"TensorCores" if chip.counts_cores else "chips"}; use a multiple of '
+                    f'{per_chip}')
+  chips = count // per_chip
+  sides = _grid(chips, chip.dims)
+  if chip.dims == 3 and sides[0] == 1:
+    sides = sides[1:] + [1]  # libtpu spells small v4/v5p slices 2x2x1.
+  topology = f'{chip.topology_prefix}:' + 'x'.join(str(s) for s in sides)
+  return Slice(accelerator_type, chip, chips, topology)
+
+
+def slice_devices(tpu_slice: Slice) -> list[Any]:
+  from jax.experimental import topologies
+
+  kwargs = {'chip_config_name': 'megacore'} if tpu_slice.chip.megacore else {}
+  try:
+    topology = topologies.get_topology_desc(
+      platform='tpu', topology_name=tpu_slice.topology, **kwargs)
+  except Exception as error:  # noqa: BLE001 - libtpu missing or a topology it rejects.
+    raise PlanError(
+      f'cannot describe {tpu_slice.accelerator_type} ({tpu_slice.topology}): '
+      f'{str(error).splitlines()[0][:200]}; install libtpu with pip install -e ".[tpu]"'
+    ) from error
+  return list(topology.devices)
+
+
+# Classes and train-split sizes of datasets too big to list here (tfds catalog figures), for
+# planning without the data; other datasets are listed (demo, folders, prepared tfds).
+KNOWN_DATASETS = {
+  'imagenet2012': (1000, 1_281_167),
+  'imagenet2012_subset/1pct': (1000, 12_811),
+  'imagenet2012_subset/10pct': (1000, 128_116),
+  'cifar10': (10, 50_000),
+  'cifar100': (100, 50_000),
+  'stl10': (10, 5_000),
+}
+
+
+def dataset_facts(config, stage: str) -> tuple[int, int]:
+  """(num_classes, num_train_examples) of the data a stage trains on, without reading images."""
+  dataset = config.data.dataset
+  if stage in ('finetune', 'supervised') and config.finetune.dataset:
+    dataset = config.finetune.dataset
+  if dataset in KNOWN_DATASETS:
+    return KNOWN_DATASETS[dataset]
+  from simclr_jax.data import input as data_input
+
+  source = data_input.load_source(config, config.data.train_split, dataset)
+  return source.num_classes, source.num_examples
+
+
+def forward_flops(model, image_size: int) -> int:
+  """Analytic FLOPs of one image's forward pass: 2 x the multiply-adds of every convolution and
+  dense layer (out positions x kernel size), the usual 'model FLOPs' (no BatchNorm, no ReLU)."""
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+
+  total = [0]
+
+  def count(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    module = context.module
+    if context.method_name == '__call__' and isinstance(module, (nn.Conv, nn.Dense)):
+      kernel = module.get_variable('params', 'kernel')
+      total[0] += 2 * math.prod(out.shape[:-1]) * math.prod(kernel.shape)
+    return out
+
+  images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+  variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
+  with nn.intercept_methods(count):
+    jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, images)
+  return total[0]
+
+
+def _bytes_per_device(tree: Any) -> int:
+  """Bytes one device holds of a pytree of sharded ShapeDtypeStructs."""
+  import jax
+  import numpy as np
+
+  def one(x):
+    shape = x.sharding.shard_shape(x.shape) if x.sharding is not None else x.shape
+    return math.prod(shape) * np.dtype(x.dtype).itemsize
+
+  return sum(one(x) for x in jax.tree.leaves(tree))
+
+
+def _abstract(tree: Any, shardings: Any) -> Any:
+  import jax
+
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree,
+                      shardings)
+
+
+def _train_batch(stage: str, batch_size: int, image_size: int, mesh) -> dict:
+  """The host pipeline's global batch of a stage, as abstract arrays split over `data`."""
+  import jax
+  import jax.numpy as jnp
+
+  from simclr_jax import sharding
+
+  data = sharding.data_sharded(mesh)
+  images = jax.ShapeDtypeStruct((batch_size, image_size, image_size, 3), jnp.float32, sharding=data)
+  labels = jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=data)
+  if stage == 'pretrain':
+    return {'view_a': images, 'view_b': images, 'label': labels}
+  return {'image': images, 'label': labels}
+
+
+_OOM = re.compile(r'([\d.]+)([KMGT])\)? exceeds available HBM \(([\d.]+)([KMGT])')
+_UNITS = {'K': 2**10, 'M': 2**20, 'G': 2**30, 'T': 2**40}
+
+
+def _out_of_memory(error: Exception) -> tuple[float, float] | None:
+  """(needed, available) bytes from XLA's RESOURCE_EXHAUSTED message, or None."""
+  match = _OOM.search(str(error))
+  if not match:
+    return None
+  needed = float(match.group(1)) * _UNITS[match.group(2)]
+  return needed, float(match.group(3)) * _UNITS[match.group(4)]
+
+
+def compile_stage(config, stage: str, tpu_slice: Slice, devices: list) -> dict[str, Any]:
+  """Compiles `stage`'s train and eval steps for the slice; returns one plan row."""
+  import jax
+
+  from simclr_jax import evaluation, run, sharding, train, validation
+
+  derived = run.stage_config(config, stage)
+  hosts = len({d.process_index for d in devices})
+  validation.validate_config(derived, len(devices), hosts)
+  num_classes, num_examples = dataset_facts(derived, stage)
+  mesh = sharding.make_mesh(devices)
+  size = derived.data.image_size
+  shard_state = derived.train.shard_state
+  teacher_model = teacher = None
+  if stage == 'distill':  # The teacher is the fine-tuned model of this run.
+    teacher_config = run.stage_config(config, 'finetune')
+    teacher_model = train.build_model(teacher_config, num_classes,
+                                      supervised_head_stop_gradient=True)
+    shapes = train.abstract_variables(teacher_model, size)
+    teacher = _abstract(shapes, train.teacher_shardings(shapes, mesh, shard_state))
+  parts = train.build_stage_parts(derived, stage, num_classes, teacher_model)
+  params = train.abstract_variables(parts.model, size)['params']
+  tx, schedule, _ = train.build_optimizer(derived, params, num_examples, parts.trainable)
+  state = train.abstract_state(parts.model, tx, size, mesh, shard_state)
+  step = train.make_train_step(
+    parts.loss_fn, tx, schedule, mesh, parts.trainable,
+    state_sharding=jax.tree.map(lambda x: x.sharding, state) if shard_state else None)
+  global_batch = derived.train.global_batch_size
+  batch = _train_batch(stage, global_batch, size, mesh)
+  views = global_batch * (2 if stage == 'pretrain' else 1)
+  row = {
+    'stage': stage, 'accelerator_type': tpu_slice.accelerator_type,
+    'topology': tpu_slice.topology, 'devices': len(devices), 'hosts': hosts,
+    'global_batch': global_batch, 'per_device_batch': global_batch // len(devices),
+    'shard_state': bool(shard_state), 'remat': bool(derived.model.remat),
+    'compute_dtype': derived.model.compute_dtype,
+    'state_gib': (_bytes_per_device(state) + _bytes_per_device(teacher or {})) / GIB,
+    'batch_gib': _bytes_per_device(batch) / GIB,
+    'capacity_gib': tpu_slice.hbm_per_device / GIB,
+  }
+  model_flops = 3 * forward_flops(parts.model, size) * views  # Forward + backward, all devices.
+  if teacher_model is not None:
+    model_flops += forward_flops(teacher_model, size) * views
+  row['model_tflop_per_device'] = model_flops / len(devices) / 1e12
+  if row['state_gib'] + row['batch_gib'] > row['capacity_gib']:
+    row.update(fits=False, needed_gib=row['state_gib'] + row['batch_gib'],
+               reason='state and batch alone exceed HBM (not compiled)')
+    return row
+  started = time.time()
+  try:
+    compiled = step.lower(state, batch, teacher).compile()
+  except Exception as error:  # noqa: BLE001 - XLA reports running out of HBM as an error.
+    sizes = _out_of_memory(error)
+    if sizes is None:
+      raise
+    row.update(fits=False, compile_s=time.time() - started, reason='XLA: out of HBM',
+               needed_gib=(sizes[0] + (row['state_gib'] + row['batch_gib']) * GIB) / GIB)
+    return row
+  row['compile_s'] = time.time() - started
+  memory = compiled.memory_analysis()
+  row.update(
+    argument_gib=memory.argument_size_in_bytes / GIB,
+    output_gib=memory.output_size_in_bytes / GIB,
+    alias_gib=memory.alias_size_in_bytes / GIB,
+    temp_gib=memory.temp_size_in_bytes / GIB,
+  )
+  row['total_gib'] = (memory.argument_size_in_bytes + memory.output_size_in_bytes
+                      - memory.alias_size_in_bytes + memory.temp_size_in_bytes
+                      + memory.generated_code_size_in_bytes) / GIB
+  row['fits'] = row['total_gib'] <= row['capacity_gib']
+  if not row['fits']:
+    row.update(needed_gib=row['total_gib'], reason='compiled total exceeds HBM')
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  row['tflop_per_device'] = float(cost.get('flops', 0.0)) / 1e12
+  row['gb_per_device'] = float(cost.get('bytes accessed', 0.0)) / 1e9
+  chip = tpu_slice.chip
+  peak = chip.peak_tflops * 1e12 / chip.devices_per_chip  # FLOP/s per device
+  bandwidth = chip.hbm_gbps * 1e9 / chip.devices_per_chip  # bytes/s per device
+  seconds = max(row['tflop_per_device'] * 1e12 / peak, row['gb_per_device'] * 1e9 / bandwidth)
+  row['bound'] = 'compute' if row['tflop_per_device'] * 1e12 / peak >= (
+    row['gb_per_device'] * 1e9 / bandwidth) else 'memory'
+  row['step_ms'] = 1e3 * seconds
+  row['views_per_s_per_chip'] = views / tpu_slice.chips / seconds
+  row['mfu'] = row['model_tflop_per_device'] * 1e12 / (seconds * peak)
+  row['host_images_per_s'] = global_batch / seconds / hosts
+  row['eval_gib'] = _eval_memory(derived, parts.model, state, mesh, len(devices))
+  return row
+
+
+def _eval_memory(config, model, state, mesh, num_devices: int) -> float:
+  """Per-device HBM of the compiled eval step (GiB) with the train state's parameters."""
+  import jax
+  import jax.numpy as jnp
+
+  from simclr_jax import evaluation, sharding
+
+  size = config.data.image_size
+  batch_size = math.ceil(config.train.eval_batch_size / num_devices) * num_devices
+  data = sharding.data_sharded(mesh)
+  batch = {
+    'image': jax.ShapeDtypeStruct((batch_size, size, size, 3), jnp.float32, sharding=data),
+    'label': jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=data),
+    'mask': jax.ShapeDtypeStruct((batch_size,), jnp.float32, sharding=data),
+  }
+  compiled = evaluation.make_eval_step(model, mesh).lower(
+    state.params, state.batch_stats, batch).compile()
+  memory = compiled.memory_analysis()
+  return (memory.argument_size_in_bytes + memory.output_size_in_bytes
+          - memory.alias_size_in_bytes + memory.temp_size_in_bytes) / GIB
+
+
+def _candidate_fixes(config, tpu_slice: Slice, stage: str):
+  """Changes to try, cheapest first: shard the state, remat blocks, then larger slices."""
+  from simclr_jax import run
+
+  derived = run.stage_config(config, stage)
+  if not derived.train.shard_state:
+    yield '--config.train.shard_state=True', {'train.shard_state': True}, tpu_slice
+  if not derived.model.remat:
+    yield '--config.model.remat=True', {'model.remat': True}, tpu_slice
+  for factor in (2, 4, 8):
+    bigger = tpu_slice.scaled(factor)
+    yield f'--accelerator-type={bigger.accelerator_type}', {}, bigger
+
+
+def _with(config, overrides: dict[str, Any]):
+  config = config.copy_and_resolve_references()
+  for dotted, value in overrides.items():
+    section, field = dotted.split('.')
+    with config.unlocked():
+      config[section][field] = value
+  return config
+
+
+def find_fix(config, stage: str, tpu_slice: Slice, max_compiles: int) -> dict[str, Any] | None:
+  """The first candidate fix (cumulative) under which `stage` fits, compiling at most N."""
+  applied: dict[str, Any] = {}
+  flags_so_far: list[str] = []
+  for flag, overrides, candidate in _candidate_fixes(config, tpu_slice, stage):
+    if max_compiles <= 0:
+      return None
+    applied.update(overrides)
+    if candidate is tpu_slice:
+      flags_so_far.append(flag)
+      flags = list(flags_so_far)
+    else:
+      flags = flags_so_far + [flag]
+    try:
+      row = compile_stage(_with(config, applied), stage, candidate, slice_devices(candidate))
+    except PlanError:
+      continue
+    if 'compile_s' in row:
+      max_compiles -= 1
+    if row['fits']:
+      return {'flags': flags, 'row': row}
+  return None
+
+
+def _fmt(row: dict[str, Any], key: str, spec: str) -> str:
+  return format(row[key], spec) if key in row else '-'
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+  header = (f'{"stage":<11}{"devices":>8}{"batch/dev":>10}{"state":>7}{"batch":>7}{"temp":>7}'
+            f'{"total":>8}{"HBM":>7}{"eval":>7}{"TFLOP":>8}{"GB":>7}{"step ms":>9}'
+            f'{"views/s/chip":>13}{"MFU":>6}{"img/s/host":>11}  verdict')
+  lines = [header, '-' * (len(header) + 20)]
+  for row in rows:
+    verdict = 'fits' if row['fits'] else (
+      f'does not fit: needs {row["needed_gib"]:.1f} GiB, has {row["capacity_gib"]:.1f} GiB')
+    if row.get('fix'):
+      verdict += f'; fits with {" ".join(row["fix"]["flags"])}'
+    mfu = f'{100 * row["mfu"]:.0f}%' if 'mfu' in row else '-'
+    lines.append(
+      f'{row["stage"]:<11}{row["devices"]:>8}{row["per_device_batch"]:>10}'
+      f'{_fmt(row, "state_gib", ".2f"):>7}{_fmt(row, "batch_gib", ".2f"):>7}'
+      f'{_fmt(row, "temp_gib", ".2f"):>7}{_fmt(row, "total_gib", ".2f"):>8}'
+      f'{row["capacity_gib"]:>7.1f}{_fmt(row, "eval_gib", ".2f"):>7}'
+      f'{_fmt(row, "tflop_per_device", ".2f"):>8}{_fmt(row, "gb_per_device", ".1f"):>7}'
+      f'{_fmt(row, "step_ms", ".0f"):>9}{_fmt(row, "views_per_s_per_chip", ".0f"):>13}'
+      f'{mfu:>6}{_fmt(row, "host_images_per_s", ".0f"):>11}  {verdict}')
+  return '\n'.join(lines)
+
+
+def make_plan(config, accelerator_type: str, topology: str = '', max_fix_compiles: int = 3,
+              log=print) -> dict[str, Any]:
+  """Compiles every stage of `config.stages` for the slice; returns the plan (plan.json)."""
+  from simclr_jax import validation
+
+  tpu_slice = parse_accelerator_type(accelerator_type)
+  if topology:
+    tpu_slice = dataclasses.replace(tpu_slice, topology=topology)
+  devices = slice_devices(tpu_slice)
+  if len(devices) != tpu_slice.num_devices:
+    raise PlanError(f'{tpu_slice.topology} has {len(devices)} devices, expected '
+                    f'{tpu_slice.num_devices} for {accelerator_type}')
+  rows = []
+  for stage in validation.stage_list(config):
+    log(f'{stage}: compiling the train and eval steps for {accelerator_type} '
+        f'({tpu_slice.topology}, {len(devices)} devices)...')
+    row = compile_stage(config, stage, tpu_slice, devices)
+    if not row['fits'] and max_fix_compiles > 0:
+      log(f'{stage}: does not fit; looking for the cheapest change that does...')
+      row['fix'] = find_fix(config, stage, tpu_slice, max_fix_compiles)
+    rows.append(row)
+  chip = tpu_slice.chip
+  return {
+    'config': config.name, 'accelerator_type': accelerator_type, 'topology': tpu_slice.topology,
+    'fits': all(row['fits'] for row in rows), 'stages': rows,
+    'chip': dataclasses.asdict(chip),
+    'note': 'Compiled estimates, not measurements: HBM from the TPU compiler for this program; '
+            'step time is a roofline lower bound max(FLOPs / peak, bytes / HBM bandwidth) per '
+            f'device from {chip.source} ({chip.peak_tflops:g} TFLOP/s bf16, {chip.hbm_gbps:g} '
+            f'GB/s, {chip.hbm_gib:.1f} GiB per chip); MFU = 3 x analytic forward FLOPs / '
+            '(bound x peak).',
+  }
+
+
+def main(argv: list[str]) -> None:
+  from absl import app, flags, logging
+
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  logging.set_verbosity(logging.WARNING)
+  from simclr_jax import validation
+
+  config = flags.FLAGS.config
+  accelerator_type = flags.FLAGS['accelerator-type'].value
+  out = flags.FLAGS.out or os.path.join('workdirs', 'plans', f'{config.name}-{accelerator_type}.json')
+  try:
+    plan = make_plan(config, accelerator_type, flags.FLAGS.topology, flags.FLAGS['max-fix-compiles'].value,
+                     log=lambda line: print(line, file=sys.stderr, flush=True))
+  except (PlanError, validation.ConfigError, FileNotFoundError) as error:
+    sys.exit(f'error: {error}')
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  with open(out, 'w') as file:
+    json.dump(plan, file, indent=2)
+  print(f'\n{config.name} on {accelerator_type} ({plan["topology"]}), per device; HBM in GiB:')
+  print(table(plan['stages']))
+  print(f'\n{plan["note"]}\nPlan written to {out}')
+  for row in plan['stages']:
+    if not row['fits']:
+      fix = f'; fits with {" ".join(row["fix"]["flags"])}' if row.get('fix') else ''
+      sys.exit(f'error: {row["stage"]} does not fit on {accelerator_type}: needs '
+               f'{row["needed_gib"]:.1f} GiB, has {row["capacity_gib"]:.1f} GiB per device{fix}')
+
+
+def _define_flags() -> None:
+  from absl import flags
+  from ml_collections import config_flags
+
+  config_flags.DEFINE_config_file('config', None, 'Path to a config file.', lock_config=True)
+  flags.DEFINE_string('accelerator-type', None, 'TPU slice as gcloud spells it: v4-64, v3-128, '
+                      'v5litepod-256, v5p-128, v6e-64, ...')
+  flags.DEFINE_string('topology', '', 'Override the derived topology, e.g. v4:4x4x2.')
+  flags.DEFINE_string('out', '', 'Where to write the plan (JSON); default '
+                      'workdirs/plans/<config.name>-<accelerator type>.json.')
+  flags.DEFINE_integer('max-fix-compiles', 3, 'Compiles spent looking for a fix of a stage that '
+                       'does not fit (0: none).')
+  flags.mark_flags_as_required(['config', 'accelerator-type'])
+
+
+if __name__ == '__main__':
+  from absl import app
+
+  _define_flags()
+  app.run(main)
