@@ -9,7 +9,13 @@
 #   --spot                 with --create: a Spot (preemptible) slice
 #   --project=P            gcloud project (default: gcloud's configured project)
 #   --skip-install         do not copy and install the checkout (already on the workers)
-#   --dry-run              print every command instead of running it
+#   --skip-plan            do not run the pre-flight plan
+#   --dry-run              print every command instead of running it (the plan still runs)
+#
+# Pre-flight: with --create or an explicit --accelerator-type, the config (with its overrides) is
+# first compiled for that slice on this machine (python -m simclr_jax.plan, needs the [tpu]
+# extra; PYTHON=... picks the interpreter). A config that does not fit is refused, with the plan's
+# one-line reason, before anything is created or started.
 #
 # Steps: [create] -> pack this checkout (without .git, .venv, workdirs) -> scp it to every
 # worker -> install it with the [tpu] extra in ~/simclr_venv -> start the same command on all
@@ -22,21 +28,23 @@ set -euo pipefail
 
 usage() {
   echo "usage: $0 [--create] [--accelerator-type=T] [--version=V] [--spot] [--project=P]" \
-    "[--skip-install] [--dry-run] TPU_NAME ZONE CONFIG gs://BUCKET/WORKDIR" \
+    "[--skip-install] [--skip-plan] [--dry-run] TPU_NAME ZONE CONFIG gs://BUCKET/WORKDIR" \
     "[--config.field=value ...]" >&2
   exit 2
 }
 
 create=0 accelerator_type=v4-8 version=tpu-ubuntu2204-base spot=0 project='' install=1 dry_run=0
+plan=1 accelerator_given=0
 positional=() overrides=()
 for arg in "$@"; do
   case $arg in
     --create) create=1 ;;
-    --accelerator-type=*) accelerator_type=${arg#*=} ;;
+    --accelerator-type=*) accelerator_type=${arg#*=} accelerator_given=1 ;;
     --version=*) version=${arg#*=} ;;
     --spot) spot=1 ;;
     --project=*) project=${arg#*=} ;;
     --skip-install) install=0 ;;
+    --skip-plan) plan=0 ;;
     --dry-run) dry_run=1 ;;
     --config.*) overrides+=("$arg") ;;
     -h|--help) usage ;;
@@ -55,6 +63,27 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 if [ ! -f "$repo/$config" ]; then
   echo "$0: CONFIG=$config is not a file of this checkout ($repo); pass e.g. configs/r50_1x.py" >&2
   exit 2
+fi
+
+# Pre-flight: compile every stage for the slice here; refuse what does not fit.
+if [ "$plan" = 1 ] && { [ "$create" = 1 ] || [ "$accelerator_given" = 1 ]; }; then
+  echo "Pre-flight: compiling $config for $accelerator_type (python -m simclr_jax.plan)..." >&2
+  plan_log=$(mktemp)
+  if ! (cd "$repo" && "${PYTHON:-python3}" -m simclr_jax.plan --config="$config" \
+      --accelerator-type="$accelerator_type" ${overrides[@]+"${overrides[@]}"}) >"$plan_log" 2>&1
+  then
+    grep -v '^error: ' "$plan_log" >&2 || true
+    reason=$(grep '^error: ' "$plan_log" | tail -1)
+    [ -n "$reason" ] || reason=$(tail -1 "$plan_log")
+    rm -f "$plan_log"
+    echo "$0: refused by the pre-flight plan: ${reason#error: }" \
+      "(fix the config, or pass --skip-plan to launch anyway)" >&2
+    exit 1
+  fi
+  cat "$plan_log" >&2
+  rm -f "$plan_log"
+elif [ "$plan" = 1 ]; then
+  echo "Pre-flight skipped: pass --accelerator-type=T to check that $config fits the slice." >&2
 fi
 
 # Prints a command (quoted so that it can be pasted) or runs it.

@@ -17,6 +17,7 @@ These are compiled estimates, not measurements: the compiler's memory plan is ex
 program, but step times are lower bounds (no communication, no input stalls, no overheads).
 """
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -27,6 +28,10 @@ import time
 from typing import Any
 
 os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')  # Several plans may run at once.
+# No TPU here: libtpu need not look for its VM's metadata, and its init warnings say nothing.
+for _name, _value in (('TPU_SKIP_MDS_QUERY', '1'), ('TPU_STDERR_LOG_LEVEL', '3'),
+                      ('TPU_MIN_LOG_LEVEL', '3')):
+  os.environ.setdefault(_name, _value)
 
 GIB = 2**30
 
@@ -122,18 +127,40 @@ def parse_accelerator_type(accelerator_type: str) -> Slice:
   return Slice(accelerator_type, chip, chips, topology)
 
 
+@contextlib.contextmanager
+def _native_stderr_to(path: str):
+  """Sends what C++ code writes to file descriptor 2 into `path` (libtpu's init warnings about
+  the TPU VM it is not on)."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with open(path, 'w') as sink:
+    os.dup2(sink.fileno(), 2)
+    try:
+      yield
+    finally:
+      os.dup2(saved, 2)
+      os.close(saved)
+
+
 def slice_devices(tpu_slice: Slice) -> list[Any]:
+  """The JAX devices of a described (not present) TPU slice."""
+  import tempfile
+
+  import jax
   from jax.experimental import topologies
 
   kwargs = {'chip_config_name': 'megacore'} if tpu_slice.chip.megacore else {}
-  try:
-    topology = topologies.get_topology_desc(
-      platform='tpu', topology_name=tpu_slice.topology, **kwargs)
-  except Exception as error:  # noqa: BLE001 - libtpu missing or a topology it rejects.
-    raise PlanError(
-      f'cannot describe {tpu_slice.accelerator_type} ({tpu_slice.topology}): '
-      f'{str(error).splitlines()[0][:200]}; install libtpu with pip install -e ".[tpu]"'
-    ) from error
+  with tempfile.NamedTemporaryFile(suffix='.log') as log:
+    try:
+      with _native_stderr_to(log.name):
+        jax.devices()  # The local backend starts here, quietly, and stays this machine's CPU.
+        topology = topologies.get_topology_desc(
+          platform='tpu', topology_name=tpu_slice.topology, **kwargs)
+    except Exception as error:  # noqa: BLE001 - libtpu missing or a topology it rejects.
+      raise PlanError(
+        f'cannot describe {tpu_slice.accelerator_type} ({tpu_slice.topology}): '
+        f'{str(error).splitlines()[0][:200]}; install libtpu with pip install -e ".[tpu]"'
+      ) from error
   return list(topology.devices)
 
 
@@ -370,6 +397,8 @@ def _with(config, overrides: dict[str, Any]):
 
 def find_fix(config, stage: str, tpu_slice: Slice, max_compiles: int) -> dict[str, Any] | None:
   """The first candidate fix (cumulative) under which `stage` fits, compiling at most N."""
+  from simclr_jax import validation
+
   applied: dict[str, Any] = {}
   flags_so_far: list[str] = []
   for flag, overrides, candidate in _candidate_fixes(config, tpu_slice, stage):
@@ -383,7 +412,7 @@ def find_fix(config, stage: str, tpu_slice: Slice, max_compiles: int) -> dict[st
       flags = flags_so_far + [flag]
     try:
       row = compile_stage(_with(config, applied), stage, candidate, slice_devices(candidate))
-    except PlanError:
+    except (PlanError, validation.ConfigError):  # A slice the config's batches do not divide.
       continue
     if 'compile_s' in row:
       max_compiles -= 1

@@ -4,6 +4,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 
 import pytest
 
@@ -13,9 +14,9 @@ TPU_POD = os.path.join(REPO, 'launch', 'tpu_pod.sh')
 GPU = os.path.join(REPO, 'launch', 'gpu.sh')
 
 
-def _run(script, *args):
-  return subprocess.run(['bash', script, *args], capture_output=True, text=True, timeout=30,
-                        cwd=REPO)
+def _run(script, *args, timeout=30, env=None):
+  return subprocess.run(['bash', script, *args], capture_output=True, text=True, timeout=timeout,
+                        cwd=REPO, env=env)
 
 
 def _commands(stdout):
@@ -24,7 +25,7 @@ def _commands(stdout):
 
 
 def test_tpu_vm_dry_run_creates_copies_installs_and_runs_on_every_worker():
-  result = _run(TPU_VM, '--dry-run', '--create', '--spot', '--accelerator-type=v4-32',
+  result = _run(TPU_VM, '--dry-run', '--skip-plan', '--create', '--spot', '--accelerator-type=v4-32',
                 '--project=my-project', 'my-tpu', 'us-central2-b', 'configs/r50_1x.py',
                 'gs://bucket/r50', '--config.data.tfds_data_dir=gs://bucket/tfds')
   assert result.returncode == 0, result.stderr
@@ -114,3 +115,16 @@ def test_gpu_bad_arguments(args, message):
   result = _run(GPU, '--dry-run', *args)
   assert result.returncode == 2
   assert message in result.stderr and result.stdout == ''
+
+
+def test_tpu_vm_refuses_a_config_that_does_not_fit_before_creating_anything():
+  """Pre-flight: the plan compiles the config for the slice here and the launch stops there."""
+  result = _run(TPU_VM, '--dry-run', '--create', '--accelerator-type=v5litepod-4', 'my-tpu',
+                'us-west4-a', 'configs/demo.py', 'gs://bucket/demo', '--config.stages=pretrain,',
+                '--config.train.global_batch_size=33554432', timeout=600,
+                env={**os.environ, 'PYTHON': sys.executable})
+  assert result.returncode == 1
+  assert result.stdout == ''  # Nothing created, copied or started, not even in the dry run.
+  last = result.stderr.strip().splitlines()[-1]
+  assert 'refused by the pre-flight plan: pretrain does not fit on v5litepod-4: needs' in last
+  assert '--skip-plan' in last
