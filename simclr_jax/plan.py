@@ -441,8 +441,8 @@ def table(rows: list[dict[str, Any]]) -> str:
       f'{_fmt(row, "state_gib", ".2f"):>7}{_fmt(row, "batch_gib", ".2f"):>7}'
       f'{_fmt(row, "temp_gib", ".2f"):>7}{_fmt(row, "total_gib", ".2f"):>8}'
       f'{row["capacity_gib"]:>7.1f}{_fmt(row, "eval_gib", ".2f"):>7}'
-      f'{_fmt(row, "tflop_per_device", ".2f"):>8}{_fmt(row, "gb_per_device", ".1f"):>7}'
-      f'{_fmt(row, "step_ms", ".0f"):>9}{_fmt(row, "views_per_s_per_chip", ".0f"):>13}'
+      f'{_fmt(row, "tflop_per_device", ".3g"):>8}{_fmt(row, "gb_per_device", ".3g"):>7}'
+      f'{_fmt(row, "step_ms", ".3g"):>9}{_fmt(row, "views_per_s_per_chip", ".0f"):>13}'
       f'{mfu:>6}{_fmt(row, "host_images_per_s", ".0f"):>11}  {verdict}')
   return '\n'.join(lines)
 

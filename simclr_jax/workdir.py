@@ -23,11 +23,12 @@ from simclr_jax import validation
 CONFIG_FILE = 'config.json'
 MIN_FREE_BYTES = 256 * 2**20
 # Fields that may change between runs in one workdir: schedule length (to extend a run),
-# logging/eval/checkpoint cadence, hosts, and the stage list.
+# logging/eval/checkpoint cadence, hosts, the state layout, and the stage list.
 MAY_CHANGE = (
   'train.train_steps', 'train.train_epochs', 'train.log_every_steps',
   'train.checkpoint_every_steps', 'train.keep_checkpoints', 'train.eval_every_steps',
   'train.eval_batch_size', 'train.eval_at_end', 'train.allow_config_change', 'train.plots_at_end',
+  'train.shard_state',  # Checkpoints restore into either layout.
   'compilation_cache_dir', 'knn.', 'distributed.',
   'stages', 'name',
 )
