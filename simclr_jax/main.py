@@ -63,6 +63,8 @@ def main(argv: list[str]) -> None:
     all_results = run.run_stages(config, workdir)
   except (validation.ConfigError, FileNotFoundError) as error:
     sys.exit(f'error: {error}')  # One line, no traceback, no flag dump.
+  except KeyboardInterrupt:  # Ctrl-C before the loop watches for it (loading, compiling).
+    sys.exit('Interrupted before training started; nothing to resume was lost.')
   except workdir_lib.Preempted as stop:
     logging.warning('%s', stop)
     print(f'Stopped on request ({stop}); the same command resumes.')
@@ -71,4 +73,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  from simclr_jax import cli
+
+  app.run(main, flags_parser=cli.parse_flags)

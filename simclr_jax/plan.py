@@ -528,5 +528,7 @@ def _define_flags() -> None:
 if __name__ == '__main__':
   from absl import app
 
+  from simclr_jax import cli
+
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -3,7 +3,8 @@
 - An unwritable or nearly full workdir is reported before anything is built.
 - A workdir that holds a run of a different config is not silently continued: the fields that
   define the run (model, data, optimiser, seed, ...) must match the saved `config.json`.
-- SIGTERM (the Cloud TPU preemption notice) makes the loop save at the current step and stop.
+- SIGTERM (the Cloud TPU preemption notice) and Ctrl-C (SIGINT) make the loop save at the
+  current step and stop; a second Ctrl-C exits at once.
 """
 
 import json
@@ -86,18 +87,25 @@ def check_same_run(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 class PreemptionWatcher:
-  """Turns SIGTERM into a flag the loop polls; multi-host via JAX's preemption sync point."""
+  """Turns SIGTERM and SIGINT into a flag the loop polls; multi-host via JAX's preemption sync
+  point. A second SIGINT (Ctrl-C twice) exits at once: the previous checkpoint stays intact."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
     self._event = threading.Event()
-    self._previous = None
+    self._previous = {}
     if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._on_signal)
+      self._previous = {s: signal.signal(s, self._on_signal) for s in self.SIGNALS}
 
   def _on_signal(self, signum, frame) -> None:
     del frame
-    logging.warning('Received signal %d: saving a checkpoint at the next step, then stopping.',
-                    signum)
+    if signum == signal.SIGINT and self._event.is_set():
+      print('Second Ctrl-C: exiting now; the newest finished checkpoint is kept.', flush=True)
+      os._exit(130)
+    name = signal.Signals(signum).name
+    logging.warning('Received %s: saving a checkpoint at the next step, then stopping '
+                    '(Ctrl-C again to exit at once).', name)
     self._event.set()
 
   def should_stop(self, step: int) -> bool:
@@ -113,6 +121,6 @@ class PreemptionWatcher:
     return self._event.is_set()
 
   def close(self) -> None:
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._previous = None
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
+    self._previous = {}

@@ -76,6 +76,26 @@ def test_cli_rejects_bad_config_in_one_line(tmp_path, override, field):
   assert not os.path.exists(tmp_path / 'checkpoints')  # Failed before building anything.
 
 
+@pytest.mark.parametrize('args, message', [
+  (('--config=configs/demo.py', '--config.train.foo=1'),
+   'error: --config.train.foo: no such config field; see docs/CONFIG.md'),
+  (('--config=configs/demo.py', '--config.train.train_steps=abc'),
+   "error: flag --config.train.train_steps=abc: invalid literal for int()"),
+  (('--config=configs/nope.py',), 'error: --config=configs/nope.py: no such file'),
+  (('--config=configs/r152_3x.py:2pct',), 'error: configs/r152_3x.py:2pct is unknown; use 1pct'),
+])
+def test_command_line_mistakes_are_one_line(tmp_path, args, message):
+  """Typos in flags and config files: one line naming the flag, no traceback (from any dir)."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  args = [a.replace('configs/', f'{REPO}/configs/') if 'r152' in a else a for a in args]
+  cwd = tmp_path if any('r152' in a for a in args) else REPO  # The config from another dir.
+  proc = subprocess.run([sys.executable, '-m', 'simclr_jax.main', *args], cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]  # One line.
+  assert proc.stderr.startswith(message), proc.stderr
+
+
 @pytest.mark.slow
 def test_host_decode_with_device_augmentation_trains(tmp_path):
   """data.augment_on_device + data.decode_crop_only: the host sends encoded-then-decoded uint8

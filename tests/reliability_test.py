@@ -94,13 +94,14 @@ def test_sigkill_three_times_then_resume_is_bitwise_identical(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_ctrl_c_saves_the_current_step_and_exits_cleanly(tmp_path, signum):
   process = _start(tmp_path, '--config.train.train_steps=500', '--config.train.checkpoint_every_steps=100')
   _wait_for_step(process, tmp_path / 'pretrain', 3)
-  process.send_signal(signal.SIGTERM)
+  process.send_signal(signum)
   output = process.stdout.read()
   assert process.wait(timeout=120) == 0, output[-3000:]
-  assert 'Stopped on request' in output
+  assert 'Stopped on request' in output and 'Traceback' not in output
   manager = checkpoints._read_only_manager(str(tmp_path / 'pretrain'))
   saved = manager.latest_step()
   assert 3 <= saved < 100  # Not a scheduled save: the one made on SIGTERM.
