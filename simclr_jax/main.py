@@ -60,7 +60,8 @@ def main(argv: list[str]) -> None:
                jax.process_count(), jax.device_count(), jax.devices()[0].platform, workdir)
   try:
     validation.validate_config(config, jax.device_count(), jax.process_count())
-    all_results = run.run_stages(config, workdir)
+    with workdir_lib.lock(workdir):
+      all_results = run.run_stages(config, workdir)
   except (validation.ConfigError, FileNotFoundError) as error:
     sys.exit(f'error: {error}')  # One line, no traceback, no flag dump.
   except KeyboardInterrupt:  # Ctrl-C before the loop watches for it (loading, compiling).

@@ -3,15 +3,19 @@
 - An unwritable or nearly full workdir is reported before anything is built.
 - A workdir that holds a run of a different config is not silently continued: the fields that
   define the run (model, data, optimiser, seed, ...) must match the saved `config.json`.
+- One run per workdir: `lock` holds workdir/.lock (host, pid) while a run is going on.
 - SIGTERM (the Cloud TPU preemption notice) and Ctrl-C (SIGINT) make the loop save at the
   current step and stop; a second Ctrl-C exits at once.
 """
 
+import contextlib
 import json
 import os
 import shutil
 import signal
+import socket
 import threading
+import time
 
 import jax
 import ml_collections
@@ -33,6 +37,66 @@ MAY_CHANGE = (
   'compilation_cache_dir', 'knn.', 'distributed.',
   'stages', 'name',
 )
+
+
+LOCK_FILE = '.lock'
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # Someone else's live process.
+    return True
+  return True
+
+
+@contextlib.contextmanager
+def lock(workdir: str):
+  """Holds workdir/.lock while the block runs: a second run on the same workdir is refused.
+
+  The lock file is created atomically (O_EXCL) and names its host and pid; a lock left by a
+  process of this host that no longer exists is stale and taken over. Only process 0 locks (the
+  other hosts of a pod share its workdir). On gs:// there is no atomic create-if-absent through
+  a file API, so nothing is locked there: launch/tpu_vm.sh refuses to start a second job on a
+  slice whose workers still run one (its pid file), which covers pods.
+  """
+  if '://' in workdir or jax.process_index() != 0:
+    yield
+    return
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, LOCK_FILE)
+  me = {'host': socket.gethostname(), 'pid': os.getpid(), 'since': time.strftime('%F %T')}
+  for _ in range(2):
+    try:
+      descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+      try:
+        with open(path) as file:
+          holder = json.load(file)
+      except (OSError, ValueError):
+        holder = {}
+      pid, host = holder.get('pid'), holder.get('host')
+      if host == me['host'] and isinstance(pid, int) and not _alive(pid):
+        logging.warning('Removing the stale lock of pid %d (no longer running) in %s.', pid, workdir)
+        with contextlib.suppress(FileNotFoundError):
+          os.remove(path)
+        continue
+      raise validation.ConfigError(
+        f'workdir {workdir!r} is in use by pid {pid} on {host} (since {holder.get("since")}); '
+        f'wait for it or stop it, or use another --workdir (if that process is gone, delete {path})'
+      ) from None
+    with os.fdopen(descriptor, 'w') as file:
+      json.dump(me, file)
+    break
+  try:
+    yield
+  finally:
+    with contextlib.suppress(OSError, ValueError):
+      with open(path) as file:
+        if json.load(file).get('pid') == me['pid']:
+          os.remove(path)
 
 
 class Preempted(Exception):

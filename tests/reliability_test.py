@@ -109,6 +109,25 @@ def test_sigterm_or_ctrl_c_saves_the_current_step_and_exits_cleanly(tmp_path, si
   assert not os.path.exists(tmp_path / 'pretrain' / 'results.json')
 
 
+@pytest.mark.slow
+def test_second_run_on_a_workdir_is_refused_and_a_stale_lock_is_taken_over(tmp_path):
+  first = _start(tmp_path, '--config.train.train_steps=500', '--config.train.checkpoint_every_steps=100')
+  _wait_for_step(first, tmp_path / 'pretrain', 2)
+  second = _start(tmp_path, '--config.train.train_steps=500')
+  output = second.stdout.read()
+  assert second.wait(timeout=120) == 1
+  assert f'is in use by pid {first.pid} on ' in output and 'Traceback' not in output
+  assert output.strip().splitlines()[-1].startswith('error: workdir ')
+  first.send_signal(signal.SIGKILL)  # Leaves its lock behind.
+  first.wait()
+  assert os.path.exists(tmp_path / workdir.LOCK_FILE)
+  third = _start(tmp_path, '--config.train.train_steps=4', '--config.train.allow_config_change=True')
+  output = third.stdout.read()
+  assert third.wait(timeout=300) == 0, output[-3000:]
+  assert f'stale lock of pid {first.pid}' in output
+  assert not os.path.exists(tmp_path / workdir.LOCK_FILE)  # Released at the end.
+
+
 def _tiny_config():
   config = demo_lib.get_config()
   config.stages = ('pretrain',)
