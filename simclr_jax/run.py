@@ -17,6 +17,7 @@ from absl import logging
 from etils import epath
 
 from simclr_jax import checkpoints, train, validation
+from simclr_jax import workdir as workdir_lib
 from simclr_jax.data import input as data_input
 
 
@@ -121,6 +122,7 @@ def run_stages(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dic
   for stage in stages:
     directory = stage_workdir(workdir, stage)
     if _is_complete(directory):
+      workdir_lib.check_same_run(stage_config(config, stage), directory, finished=True)
       logging.info('%s: complete in %s; skipping (delete it to rerun).', stage, directory)
       all_results[stage] = _read_results(directory)
       continue

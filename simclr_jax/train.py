@@ -337,6 +337,7 @@ def train_and_evaluate(
     config.train.global_batch_size, jax.device_count(), start_step,
   )
 
+  workdir_lib.write_config(config, workdir)  # Only now: every input has been found.
   train_step = make_train_step(
     spec.loss_fn, tx, schedule, mesh, spec.trainable, spec.data.prepare,
     state_sharding=jax.tree.map(lambda x: x.sharding, state) if shard_state else None)

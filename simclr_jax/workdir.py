@@ -34,6 +34,7 @@ MAY_CHANGE = (
   'train.checkpoint_every_steps', 'train.keep_checkpoints', 'train.eval_every_steps',
   'train.eval_batch_size', 'train.eval_at_end', 'train.allow_config_change', 'train.plots_at_end',
   'train.shard_state',  # Checkpoints restore into either layout.
+  'data.tfds_data_dir', 'data.folder',  # Where the data lives does not define the run.
   'compilation_cache_dir', 'knn.', 'distributed.',
   'stages', 'name',
 )
@@ -130,8 +131,13 @@ def _defining_fields(config_dict: dict) -> dict:
   return {k: v for k, v in flat.items() if not any(k.startswith(p) for p in MAY_CHANGE)}
 
 
-def check_same_run(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Refuses a workdir whose saved config differs in a run-defining field (unless allowed)."""
+def check_same_run(
+  config: ml_collections.ConfigDict, workdir: str, finished: bool = False
+) -> None:
+  """Refuses a workdir whose saved config differs in a run-defining field (unless allowed).
+
+  `finished`: the workdir holds a completed stage, which would otherwise be silently reused.
+  """
   path = epath.Path(workdir) / CONFIG_FILE
   current = json.loads(config.to_json_best_effort())
   if path.exists():
@@ -140,10 +146,19 @@ def check_same_run(config: ml_collections.ConfigDict, workdir: str) -> None:
     differing = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
     if differing and not config.train.allow_config_change:
       shown = ', '.join(f'{k}: {saved.get(k)!r} -> {now.get(k)!r}' for k in differing[:6])
+      what, action = ('a finished run', 'reuse it') if finished else ('a run', 'continue it')
       raise validation.ConfigError(
-        f'workdir {workdir!r} holds a run of a different config ({shown}); use a new --workdir '
-        'or pass --config.train.allow_config_change=True to continue it anyway'
+        f'workdir {workdir!r} holds {what} of a different config ({shown}); use a new --workdir '
+        f'or pass --config.train.allow_config_change=True to {action} anyway'
       )
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Records the run's config: called when the first step is about to run, so a start that
+  failed before (data not found, a wrong split) leaves nothing that a corrected rerun clashes
+  with."""
+  path = epath.Path(workdir) / CONFIG_FILE
+  current = json.loads(config.to_json_best_effort())
   if jax.process_index() == 0:  # Atomic: other hosts may be reading it.
     temporary = epath.Path(str(path) + f'.tmp{os.getpid()}')
     temporary.write_text(json.dumps(current, indent=2))

@@ -202,9 +202,22 @@ def test_unwritable_and_full_workdir(tmp_path, monkeypatch):
     workdir.check_writable(str(tmp_path / 'run'))
 
 
+def test_a_start_that_fails_before_the_first_step_records_no_config(tmp_path):
+  """Following the error's advice (another split, data dir) must not be refused afterwards."""
+  config = _tiny_config()
+  config.data.eval_split = 'validation'  # The demo photos have train and test only.
+  with pytest.raises((validation.ConfigError, FileNotFoundError, ValueError)):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert not os.path.exists(tmp_path / workdir.CONFIG_FILE)
+
+
 def test_workdir_of_a_different_config_is_refused(tmp_path):
   config = _tiny_config()
   workdir.check_same_run(config, str(tmp_path))
+  workdir.write_config(config, str(tmp_path))
+  moved = _tiny_config()
+  moved.data.tfds_data_dir = '/elsewhere/tensorflow_datasets'  # Where the data lives: same run.
+  workdir.check_same_run(moved, str(tmp_path))
   longer = _tiny_config()
   longer.train.train_steps = 100  # Extending a run is allowed.
   workdir.check_same_run(longer, str(tmp_path))

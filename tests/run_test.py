@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import demo as demo_lib
-from simclr_jax import checkpoints, embed, run
+from simclr_jax import checkpoints, embed, run, validation
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -79,6 +79,12 @@ def test_chain_restores_each_stage_and_linear_eval_freezes_the_encoder(tmp_path)
   assert again['finetune']['eval_top1'] == all_results['finetune']['eval_top1']
   table = run.results_table(again)
   assert all(stage in table for stage in config.stages)
+  # A changed run-defining setting is not silently answered with the old results.
+  changed = _tiny_chain(fine_tune_after_block=4)
+  changed.finetune.optim.learning_rate *= 2
+  with pytest.raises(validation.ConfigError,
+                     match=r'holds a finished run of a different config \(optim.learning_rate'):
+    run.run_stages(changed, workdir)
 
   # Embedding: the contract CLI writes features and labels in split order.
   output = str(tmp_path / 'features.npz')
