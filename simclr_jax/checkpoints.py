@@ -1,18 +1,26 @@
 """Orbax checkpoints of a stage: the train state plus a JSON record of the run.
 
 Layout: `<workdir>/checkpoints/<step>/{state,meta}`. Orbax writes each step into a temporary
-folder and renames it when complete, so an interrupted save is never restored.
+folder and renames it when complete, so an interrupted save is never restored. The record holds
+a checksum of every array (a wrapping uint32 sum of its bits: independent of layout and device
+count), so a step damaged later on disk, even without a change of size, is caught at restore:
+the restore then says which step and why in one line, moves it to
+`<workdir>/damaged_checkpoints/` (kept as evidence, never deleted) and falls back to the newest
+intact step.
 """
 
 import json
 import os
+import time
 from typing import Any
 
 import jax
-import numpy as np
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
 CHECKPOINT_SUBDIR = 'checkpoints'
 
@@ -33,6 +41,33 @@ def make_manager(workdir: str, *, keep: int, asynchronous: bool = True) -> ocp.C
   )
 
 
+DAMAGED_SUBDIR = 'damaged_checkpoints'
+
+
+@jax.jit
+def _bit_sums(tree: Any) -> Any:
+  def one(x):
+    x = jnp.asarray(x)
+    if x.dtype.itemsize == 4:
+      bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    elif x.dtype.itemsize == 2:
+      bits = jax.lax.bitcast_convert_type(x, jnp.uint16).astype(jnp.uint32)
+    elif x.dtype.itemsize == 1:
+      bits = jax.lax.bitcast_convert_type(x, jnp.uint8).astype(jnp.uint32)
+    else:  # 8-byte values: both halves.
+      bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    return jnp.sum(bits, dtype=jnp.uint32)  # Wraps: the same for any summation order.
+
+  return jax.tree.map(one, tree)
+
+
+def checksums(tree: Any) -> dict[str, int]:
+  """{'/'-joined path: uint32 sum of the bits} of every array: one compiled reduction."""
+  sums = jax.device_get(_bit_sums(tree))
+  flat = jax.tree_util.tree_flatten_with_path(sums)[0]
+  return {jax.tree_util.keystr(path): int(value) for path, value in flat}
+
+
 def save(
   manager: ocp.CheckpointManager,
   step: int,
@@ -40,6 +75,7 @@ def save(
   meta: dict[str, Any],
 ) -> bool:
   """Saves `state` at `step` (asynchronously; `manager.wait_until_finished()` to block)."""
+  meta = {**meta, 'checksums': checksums(state)}
   return manager.save(
     step,
     args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
@@ -47,22 +83,65 @@ def save(
   )
 
 
-def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any) -> tuple[Any, dict] | None:
-  """Restores the newest checkpoint into the shapes/shardings of `abstract_state`.
+class DamagedCheckpoint(Exception):
+  """A checkpoint step that cannot be read back as it was written."""
 
-  Returns (state, meta) or None when the directory holds no checkpoint.
+
+def _restore_step(manager: ocp.CheckpointManager, step: int, abstract_state: Any):
+  try:
+    restored = manager.restore(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+      ),
+    )
+  except Exception as error:  # noqa: BLE001 - orbax/tensorstore raise many kinds.
+    first_line = (str(error).strip().splitlines() or [''])[0][:200]
+    raise DamagedCheckpoint(f'{type(error).__name__}: {first_line}') from error
+  meta = restored['meta'] or {}
+  expected = meta.get('checksums')
+  if expected is not None:  # Older checkpoints have none.
+    actual = checksums(restored['state'])
+    wrong = sorted(k for k in expected if actual.get(k) != expected[k])
+    if wrong:
+      raise DamagedCheckpoint(f'checksum mismatch in {len(wrong)} arrays (first: {wrong[0]})')
+  return restored['state'], meta
+
+
+def _set_aside(manager: ocp.CheckpointManager, step: int) -> str:
+  """Moves a damaged step out of the manager's sight, next to the checkpoints; never deletes."""
+  source = os.path.join(str(manager.directory), str(step))
+  target_dir = os.path.join(os.path.dirname(str(manager.directory)), DAMAGED_SUBDIR)
+  target = os.path.join(target_dir, f'{step}-{int(time.time())}')
+  if jax.process_index() == 0:
+    epath.Path(target_dir).mkdir(parents=True, exist_ok=True)
+    epath.Path(source).rename(target)
+  if jax.process_count() > 1:  # Every host sees the step gone before looking again.
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(f'damaged checkpoint {step} set aside')
+  manager.reload()
+  return target
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any) -> tuple[Any, dict] | None:
+  """Restores the newest intact checkpoint into the shapes/shardings of `abstract_state`.
+
+  A step that orbax cannot read or whose checksums differ is reported in one line, moved to
+  `damaged_checkpoints/` and the next older step is tried. Returns (state, meta), or None when
+  the directory holds no (intact) checkpoint.
   """
-  step = manager.latest_step()
-  if step is None:
-    return None
-  restored = manager.restore(
-    step,
-    args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
-    ),
-  )
-  logging.info('Restored checkpoint of step %d from %s', step, manager.directory)
-  return restored['state'], restored['meta']
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      state, meta = _restore_step(manager, step, abstract_state)
+    except DamagedCheckpoint as damage:
+      kept = _set_aside(manager, step)
+      logging.warning('Checkpoint of step %d in %s is damaged (%s); moved to %s; trying the '
+                      'previous one.', step, manager.directory, damage, kept)
+      continue
+    logging.info('Restored checkpoint of step %d from %s', step, manager.directory)
+    return state, meta
+  return None
 
 
 def abstract_like(tree: Any) -> Any:

@@ -1,4 +1,4 @@
-"""What the command lines share: the --config flag, parsed with one-line errors.
+"""What the command lines share: the --config flag parsed with one-line errors, a quiet start.
 
 `app.run(main, flags_parser=cli.parse_flags)` turns a missing config file, an override of a
 field that does not exist or a value of the wrong type into `error: ...` (exit 1) instead of a
@@ -6,8 +6,11 @@ traceback. The repository root of the config file goes on `sys.path` first, so
 `configs/r152_3x.py` (which imports `configs.default`) loads from any directory.
 """
 
+import contextlib
+import glob
 import os
 import sys
+import tempfile
 
 from absl import flags
 
@@ -62,3 +65,42 @@ def parse_flags(argv: list[str]) -> list[str]:
       sys.exit(f'error: {unknown}: no such config field; see docs/CONFIG.md for every field')
     message = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
     sys.exit(f'error: bad command-line flag ({message}); see docs/CONFIG.md for every field')
+
+
+@contextlib.contextmanager
+def native_stderr_to(path: str):
+  """Sends what C++ code writes to file descriptor 2 into `path` while the block runs."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with open(path, 'w') as sink:
+    os.dup2(sink.fileno(), 2)
+    try:
+      yield
+    finally:
+      os.dup2(saved, 2)
+      os.close(saved)
+
+
+def has_tpu_chips() -> bool:
+  """TPU chips on this machine (their device files: /dev/accel* on v2-v3, /dev/vfio on v4+)."""
+  return bool(glob.glob('/dev/accel*') or glob.glob('/dev/vfio/[0-9]*'))
+
+
+def start_jax() -> list:
+  """`jax.devices()`, started quietly on a machine without TPU chips.
+
+  libtpu comes with the test and tpu extras (the plan compiles for TPUs on any machine); where
+  there is no TPU its start-up prints a dozen lines about the TPU VM it is not on before JAX
+  falls back to CPU or GPU. Those lines are dropped; any other start-up output is kept.
+  """
+  import jax
+
+  if has_tpu_chips() or os.environ.get('JAX_PLATFORMS'):
+    return jax.devices()
+  with tempfile.NamedTemporaryFile('r', suffix='.log') as log:
+    with native_stderr_to(log.name):
+      devices = jax.devices()
+    text = log.read()
+  if devices[0].platform != 'cpu' or 'TPU' not in text:
+    sys.stderr.write(text)
+  return devices

@@ -43,7 +43,7 @@ def main(argv: list[str]) -> None:
   # Imported after flag parsing so `--help` stays fast and JAX sees the final environment.
   import jax
 
-  from simclr_jax import run, validation
+  from simclr_jax import cli, run, validation
   from simclr_jax import workdir as workdir_lib
 
   if config.distributed.initialize:
@@ -52,6 +52,7 @@ def main(argv: list[str]) -> None:
       num_processes=config.distributed.num_processes,
       process_id=config.distributed.process_id,
     )
+  cli.start_jax()
   if config.compilation_cache_dir:
     jax.config.update('jax_compilation_cache_dir', config.compilation_cache_dir)
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)

@@ -17,7 +17,6 @@ These are compiled estimates, not measurements: the compiler's memory plan is ex
 program, but step times are lower bounds (no communication, no input stalls, no overheads).
 """
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -127,33 +126,19 @@ def parse_accelerator_type(accelerator_type: str) -> Slice:
   return Slice(accelerator_type, chip, chips, topology)
 
 
-@contextlib.contextmanager
-def _native_stderr_to(path: str):
-  """Sends what C++ code writes to file descriptor 2 into `path` (libtpu's init warnings about
-  the TPU VM it is not on)."""
-  sys.stderr.flush()
-  saved = os.dup(2)
-  with open(path, 'w') as sink:
-    os.dup2(sink.fileno(), 2)
-    try:
-      yield
-    finally:
-      os.dup2(saved, 2)
-      os.close(saved)
-
-
 def slice_devices(tpu_slice: Slice) -> list[Any]:
   """The JAX devices of a described (not present) TPU slice."""
   import tempfile
 
-  import jax
   from jax.experimental import topologies
+
+  from simclr_jax import cli
 
   kwargs = {'chip_config_name': 'megacore'} if tpu_slice.chip.megacore else {}
   with tempfile.NamedTemporaryFile(suffix='.log') as log:
     try:
-      with _native_stderr_to(log.name):
-        jax.devices()  # The local backend starts here, quietly, and stays this machine's CPU.
+      cli.start_jax()  # This machine's backend (CPU), without libtpu's TPU VM warnings.
+      with cli.native_stderr_to(log.name):
         topology = topologies.get_topology_desc(
           platform='tpu', topology_name=tpu_slice.topology, **kwargs)
     except Exception as error:  # noqa: BLE001 - libtpu missing or a topology it rejects.
