@@ -116,6 +116,7 @@ def run_stages(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dic
   # Every stage's settings are checked before the first one starts: a typo in the distillation
   # section must not surface after days of pretraining.
   stages = validation.stage_list(config)
+  validation.check_labels(config)
   for stage in stages:
     validation.validate_config(stage_config(config, stage), jax.device_count(), jax.process_count())
   all_results = {}

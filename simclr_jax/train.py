@@ -266,8 +266,26 @@ def abstract_state(model, tx, image_size: int, mesh, shard_state: bool) -> Train
                       shapes, shardings)
 
 
+def without_label_uses(config: ml_collections.ConfigDict, stage: str) -> ml_collections.ConfigDict:
+  """The config of a stage whose training images have no labels: no probe, kNN or eval."""
+  if stage != 'pretrain':
+    raise validation.ConfigError(
+      f'{stage} needs labels, but the training images of data.dataset={config.data.dataset!r} '
+      'have none (a flat folder); use root/<split>/<class>/ folders or only the pretrain stage')
+  logging.warning('%s: the training images have no labels, so the linear probe, kNN monitor and '
+                  'evaluation are off (they need labels).', stage)
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.train.linear_eval_while_pretraining = False
+  config.train.eval_at_end = False
+  config.train.eval_every_steps = 0
+  config.knn.enabled = False
+  config.knn.every_steps = 0
+  config.lock()
+  return config
+
+
 class _Stage:
-  """A stage's parts plus its data and initial variables."""
+  """A stage's parts plus its data and initial variables (and its config, adjusted to them)."""
 
   def __init__(self, config: ml_collections.ConfigDict, stage: str, restore: dict, mesh):
     self.name = stage
@@ -279,7 +297,12 @@ class _Stage:
       self.data = data_input.make_distill_data(config)
     else:
       self.data = data_input.make_finetune_data(config)
-    parts = build_stage_parts(config, stage, self.data.num_classes, restore.get('teacher_model'))
+    num_classes = self.data.num_classes
+    if num_classes == 0:  # Unlabeled images (a flat folder): only pretraining makes sense.
+      config = without_label_uses(config, stage)
+      num_classes = 1  # A head that never trains: checkpoints keep one layout.
+    self.config = config
+    parts = build_stage_parts(config, stage, num_classes, restore.get('teacher_model'))
     self.model, self.trainable, self.loss_fn = parts.model, parts.trainable, parts.loss_fn
     self.init_variables = restore.get('variables')  # Host arrays or None (fresh init).
     self.aux = restore.get('teacher_variables')
@@ -301,6 +324,7 @@ def train_and_evaluate(
   workdir_lib.check_writable(workdir)
   workdir_lib.check_same_run(config, workdir)
   spec = _Stage(config, stage, restore or {}, mesh)
+  requested_config, config = config, spec.config  # The run is recorded as requested.
   if stage == 'pretrain' and config.knn.enabled:
     bank_size = min(spec.data.num_examples, config.knn.max_train_examples)
     if config.knn.k > bank_size:
@@ -337,7 +361,7 @@ def train_and_evaluate(
     config.train.global_batch_size, jax.device_count(), start_step,
   )
 
-  workdir_lib.write_config(config, workdir)  # Only now: every input has been found.
+  workdir_lib.write_config(requested_config, workdir)  # Only now: every input was found.
   train_step = make_train_step(
     spec.loss_fn, tx, schedule, mesh, spec.trainable, spec.data.prepare,
     state_sharding=jax.tree.map(lambda x: x.sharding, state) if shard_state else None)

@@ -211,6 +211,22 @@ def stage_list(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   return tuple(n for n in names if n)
 
 
+def check_labels(config: ml_collections.ConfigDict) -> None:
+  """Stages that need labels, on a flat folder of unlabeled images: refused before any runs."""
+  data = config.data
+  if data.dataset != 'folder' or not data.folder or not os.path.isdir(data.folder):
+    return
+  flat = not os.path.isdir(os.path.join(data.folder, data.train_split)) and not any(
+    os.path.isdir(os.path.join(data.folder, name)) for name in os.listdir(data.folder))
+  needs_labels = [s for s in stage_list(config) if s in ('finetune', 'supervised')]
+  if 'distill' in stage_list(config) and config.distill.label_weight > 0:
+    needs_labels.append('distill (distill.label_weight > 0)')
+  _require(not (flat and needs_labels),
+           f'data.folder={data.folder!r} is a flat folder of unlabeled images, but '
+           f'{", ".join(needs_labels)} needs labels; use --config.stages=pretrain, or put the '
+           'images in <split>/<class>/ folders')
+
+
 def validate_stages(config: ml_collections.ConfigDict) -> None:
   stages = stage_list(config)
   _require(len(stages) > 0, 'config.stages is empty; use e.g. ("pretrain",)')

@@ -111,3 +111,56 @@ def test_host_decode_with_device_augmentation_trains(tmp_path):
   with open(os.path.join(str(tmp_path), 'metrics.jsonl')) as f:
     first = json.loads(f.readline())
   assert 0 < first['contrastive_loss'] < 2 * np.log(2 * 32) + 1
+
+
+def _flat_folder(tmp_path, count=48):
+  """A flat folder of unlabeled photos (the demo's, without their class folders)."""
+  import shutil
+
+  source = os.path.join(REPO, 'simclr_jax', 'demo_data', 'cifar10', 'train')
+  flat = tmp_path / 'photos'
+  flat.mkdir()
+  photos = sorted(glob.glob(os.path.join(source, '*', '*.png')))[::1000 // count][:count]
+  for index, path in enumerate(photos):
+    shutil.copy(path, flat / f'{index:04d}.png')
+  return str(flat)
+
+
+@pytest.mark.slow
+def test_flat_folder_of_unlabeled_images_pretrains_end_to_end(tmp_path):
+  """No labels: probe, kNN and eval step aside (one line), checkpoints save, embed works."""
+  folder = _flat_folder(tmp_path)
+  workdir = tmp_path / 'run'
+  args = [f'--workdir={workdir}', '--config.data.dataset=folder', f'--config.data.folder={folder}',
+          '--config.stages=pretrain,', '--config.train.train_steps=3',
+          '--config.train.global_batch_size=16', '--config.model.width_multiplier=0.125',
+          '--config.train.plots_at_end=False']
+  proc = _run_main(*args)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'have no labels, so the linear probe, kNN monitor and evaluation are off' in proc.stderr
+  results = json.loads((workdir / 'pretrain' / 'results.json').read_text())
+  assert results['steps'] == 3 and 'eval_top1' not in results
+  assert os.listdir(workdir / 'pretrain' / 'checkpoints')
+  again = _run_main(*args)  # A rerun finds the stage complete (its config was recorded as asked).
+  assert again.returncode == 0, again.stderr[-3000:]
+
+  output = tmp_path / 'features.npz'
+  embed = subprocess.run(
+    [sys.executable, '-m', 'simclr_jax.embed', '--config=configs/demo.py',
+     f'--workdir={workdir / "pretrain"}', '--split=train', f'--output={output}',
+     '--config.data.dataset=folder', f'--config.data.folder={folder}',
+     '--config.model.width_multiplier=0.125'],
+    cwd=REPO, capture_output=True, text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert embed.returncode == 0, embed.stderr[-3000:]
+  features = np.load(output)
+  assert features['features'].shape == (48, 64) and set(features['labels'].tolist()) == {-1}
+
+
+def test_stages_that_need_labels_are_refused_up_front_on_unlabeled_images(tmp_path):
+  folder = _flat_folder(tmp_path, count=8)
+  proc = _run_main(f'--workdir={tmp_path / "run"}', '--config.data.dataset=folder',
+                   f'--config.data.folder={folder}', '--config.stages=pretrain,finetune')
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines()[-1].startswith(
+    f'error: data.folder={folder!r} is a flat folder of unlabeled images, but finetune needs labels')
+  assert not os.path.exists(tmp_path / 'run' / 'pretrain' / 'checkpoints')
