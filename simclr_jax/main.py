@@ -26,8 +26,13 @@ class _QuietLibraries(python_logging.Filter):
 
   NOISY = ('/orbax/', '/tensorflow_datasets/', '/clu/metric_writers/summary_writer')
 
+  # Warnings that say nothing to a user: orbax on every restore of a checkpoint it wrote itself.
+  MEANINGLESS = ('_CHECKPOINT_METADATA',)
+
   def filter(self, record: python_logging.LogRecord) -> bool:
     noisy = any(part in record.pathname for part in self.NOISY)
+    if noisy and any(text in record.getMessage() for text in self.MEANINGLESS):
+      return False
     return record.levelno >= python_logging.WARNING or not noisy
 
 

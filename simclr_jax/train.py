@@ -352,7 +352,7 @@ def train_and_evaluate(
 
   writer = progress.create_writer(workdir, just_logging=jax.process_index() > 0)
   if start_step == 0:
-    parameter_overview.log_parameter_overview(state.params)
+    _write_parameter_table(state.params, workdir)
     writer.write_hparams(_flat_hparams(config))
   steps_per_epoch = spec.data.num_examples / config.train.global_batch_size
   logging.info(
@@ -437,7 +437,7 @@ def train_and_evaluate(
     (epath.Path(workdir) / RESULTS_FILE).write_text(json.dumps(results, indent=2))
   if config.train.plots_at_end:
     _render_plots(config, workdir, state, mesh)
-  logging.info('%s results: %s', stage, {k: v for k, v in results.items() if k != 'config'})
+  logging.info('%s: done; results in %s.', stage, epath.Path(workdir) / RESULTS_FILE)
   return results
 
 
@@ -484,6 +484,16 @@ def _check_finite(metrics: dict[str, float], first_step: int, last_step: int) ->
       f'Non-finite {", ".join(bad)} between steps {first_step} and {last_step}; '
       'lower optim.learning_rate or check the data (the last finite checkpoint is kept).'
     )
+
+
+def _write_parameter_table(params: Any, workdir: str) -> None:
+  """The per-tensor table to workdir/parameters.txt; one line in the log."""
+  count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+  logging.info('%d parameters in %d tensors (table in %s/parameters.txt).', count,
+               len(jax.tree.leaves(params)), workdir)
+  if jax.process_index() == 0:
+    table = parameter_overview.get_parameter_overview(params, include_stats=False)
+    (epath.Path(workdir) / 'parameters.txt').write_text(table + '\n')
 
 
 def _flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:

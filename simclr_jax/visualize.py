@@ -294,7 +294,7 @@ def render_stage_plots(
     else:
       written.append(path)
   for path in written:
-    logging.info('Wrote %s', path)
+    logging.debug('Wrote %s', path)  # The caller says it in one line.
   return written
 
 
