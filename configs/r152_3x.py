@@ -31,6 +31,7 @@ def get_config(variant: str = '1pct'):
   config.data.color_jitter_strength = 1.0
   config.data.use_blur = True
   config.data.shuffle_buffer_multiplier = 10
+  config.data.cache = False  # Decoded ImageNet is ~0.5 TB: far more than any host's RAM.
   config.model.depth = 152
   config.model.width_multiplier = 3.0
   config.model.sk_ratio = 0.0625

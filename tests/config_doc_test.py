@@ -26,3 +26,20 @@ def test_every_field_is_documented_with_its_default():
     if value is not None:
       assert repr(value) in row, (name, row)
     assert row.split('|')[3].strip(), f'{name} has no description'
+
+
+def test_no_imagenet_config_caches_decoded_images():
+  """Decoded ImageNet (~0.5 TB) fits in no host's RAM: tf.data's cache would die at epoch end."""
+  import glob
+  import importlib
+
+  checked = 0
+  for path in sorted(glob.glob(str(DOC.parent.parent / 'configs' / '[!_]*.py'))):
+    module = importlib.import_module(f'configs.{pathlib.Path(path).stem}')
+    variants = ['1pct', '10pct', '1pct_to_r50', '10pct_to_r50'] if 'r152' in path else [None]
+    for variant in variants:
+      config = module.get_config(variant) if variant else module.get_config()
+      if 'imagenet' in config.data.dataset or 'imagenet' in config.finetune.dataset:
+        assert not config.data.cache, f'{path}:{variant} caches decoded ImageNet'
+        checked += 1
+  assert checked >= 5  # r50_1x and the four r152_3x variants.
