@@ -94,7 +94,7 @@ def test_eight_devices_match_one_device(optimizer):
   assert metrics_1[0]['learning_rate'] > 0
 
 
-@pytest.mark.parametrize('optimizer', ['lars', 'momentum', 'adamw'])
+@pytest.mark.parametrize('optimizer', ['lars', 'momentum'])  # Decay in LARS / in the loss.
 def test_sharded_state_step_equals_replicated_step(optimizer, monkeypatch):
   """train.shard_state: params and optimizer state split over 8 devices, the same 3 steps."""
   monkeypatch.setattr(sharding, 'MIN_SHARDED_SIZE', 64)  # Shard nearly every tensor of the toy.
