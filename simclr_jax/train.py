@@ -344,8 +344,10 @@ def train_and_evaluate(
 
   manager = checkpoints.make_manager(workdir, keep=config.train.keep_checkpoints)
   restored = checkpoints.restore_latest(manager, checkpoints.abstract_like(state))
+  earlier_segments_s = 0.0  # Wall time of the runs before this resume.
   if restored is not None:
     state, meta = restored
+    earlier_segments_s = float(meta.get('elapsed_s', 0.0))
     logging.info('%s: resuming from step %d (saved at step %s).', stage, int(state.step),
                  meta.get('step'))
   start_step = int(jax.device_get(state.step))
@@ -399,7 +401,9 @@ def train_and_evaluate(
       if preempted or step % config.train.checkpoint_every_steps == 0 or step == total_steps:
         if history:  # Never save past a NaN that the next log would only report later.
           _check_finite(_mean_metrics(history), last_logged + 1, step)
-        checkpoints.save(manager, step, state, checkpoints.run_meta(config, step, stage=stage))
+        elapsed = earlier_segments_s + time.time() - start_time
+        checkpoints.save(manager, step, state,
+                         checkpoints.run_meta(config, step, stage=stage, elapsed_s=elapsed))
       if preempted:
         manager.wait_until_finished()
         logging.warning('%s: stopped at step %d on request; checkpoint saved in %s.', stage,
@@ -428,7 +432,7 @@ def train_and_evaluate(
     if knn and config.knn.enabled:
       final['knn_top1'] = results['knn_top1'] = knn(state)
     log(total_steps, final)
-  results['wall_time_s'] = time.time() - start_time
+  results['wall_time_s'] = earlier_segments_s + time.time() - start_time  # All segments.
   results['resumed_from_step'] = start_step
   results['restored_from'] = (restore or {}).get('source', '')
   results['config'] = json.loads(config.to_json_best_effort())
