@@ -127,3 +127,8 @@ def test_config_that_cannot_fit_is_refused_in_one_line(tmp_path):
   saved = json.loads(out.read_text())
   assert saved['fits'] is False and saved['stages'][0]['fits'] is False
   assert 'Traceback' not in result.stderr
+  sys.path.insert(0, os.path.join(REPO, 'benchmarks'))
+  import plan_table  # The docs/BENCHMARKS.md rows.
+
+  (row,) = plan_table.rows([str(out)])[2:]
+  assert row.startswith('| demo | v5litepod-4 (v5e:2x2) | pretrain | 4 | 8388608 | **no** | 192.0')
