@@ -7,12 +7,14 @@ import os
 
 import ml_collections
 
+# One home each: the modules that act on them (a folder listing reads exactly these extensions).
+from simclr_jax.data.folders import IMAGE_EXTENSIONS
+from simclr_jax.optim import OPTIMIZERS
+from simclr_jax.stages import STAGES
+
 SUPPORTED_DEPTHS = (18, 34, 50, 101, 152, 200)
-OPTIMIZERS = ('lars', 'momentum', 'adamw')
 LR_SCALINGS = ('linear', 'sqrt')
 COMPUTE_DTYPES = ('float32', 'bfloat16')
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
-LOCAL_DATASETS = ('folder', 'demo')
 
 
 class ConfigError(ValueError):
@@ -193,8 +195,6 @@ def validate_train(train: ml_collections.ConfigDict, num_devices: int, num_proce
     _require(value >= 1, f'train.{field}={value} must be >= 1')
   _require(train.eval_every_steps >= 0, f'train.eval_every_steps={train.eval_every_steps} < 0')
 
-
-STAGES = ('pretrain', 'finetune', 'distill', 'supervised')
 
 
 def _has_checkpoints(workdir: str) -> bool:

@@ -24,12 +24,12 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from simclr_jax import plots
+from simclr_jax import plots, stages
 
 METRICS_FILE = 'metrics.jsonl'  # As train.METRICS_FILE / RESULTS_FILE (not imported: keeps the
 RESULTS_FILE = 'results.json'  # curves/bars path free of JAX and TensorFlow).
 PLOTS_SUBDIR = 'plots'
-STAGE_ORDER = ('pretrain', 'finetune', 'distill', 'supervised')
+STAGE_ORDER = stages.STAGES
 ALL_PLOTS = ('augmentations', 'tsne', 'curves', 'stages')
 NUM_IMAGES = 8
 MAX_POINTS = 2000
