@@ -172,9 +172,16 @@ def restore_variables(workdir: str) -> tuple[Any, Any, dict[str, Any]]:
   """
   directory = checkpoint_dir(workdir)
   if not os.path.isdir(directory):
+    stage_dirs = sorted(
+      os.path.join(workdir, name) for name in (os.listdir(workdir) if os.path.isdir(workdir) else [])
+      if os.path.isdir(checkpoint_dir(os.path.join(workdir, name))))
+    if stage_dirs:  # A run workdir was given where a stage workdir is needed.
+      raise FileNotFoundError(
+        f'{workdir} is a run workdir, not a stage workdir; pass one of its stages: '
+        f'{", ".join(stage_dirs)}')
     raise FileNotFoundError(
-      f'{directory} does not exist; run the stage that writes it first or point init_from at a '
-      'stage workdir holding checkpoints/'
+      f'{directory} does not exist; run the stage that writes it first, or pass a stage '
+      'workdir (one holding checkpoints/)'
     )
   manager = _read_only_manager(workdir)
   step = manager.latest_step()

@@ -83,3 +83,12 @@ def test_intact_checkpoints_pass_their_checksums(tmp_path):
   state, meta = checkpoints.restore_latest(checkpoints.make_manager(directory, keep=3), abstract)
   assert meta['step'] == 3 and len(meta['checksums']) == 3
   assert not os.path.exists(os.path.join(directory, checkpoints.DAMAGED_SUBDIR))
+
+
+def test_a_run_workdir_where_a_stage_workdir_is_needed_names_the_stages(tmp_path):
+  _save_three(str(tmp_path / 'pretrain'))
+  with pytest.raises(FileNotFoundError) as error:
+    checkpoints.restore_variables(str(tmp_path))
+  message = str(error.value)
+  assert 'is a run workdir, not a stage workdir' in message and 'init_from' not in message
+  assert str(tmp_path / 'pretrain') in message
