@@ -8,8 +8,8 @@ import sys
 
 
 def rows(paths: list[str]) -> list[str]:
-  lines = ['| config | slice | stage | devices | batch/dev | fits | HBM/dev GiB (of) | TFLOP/step/dev '
-           '| roofline step | views/s/chip | MFU at bound |',
+  lines = ['| config | slice | stage | devices | batch/dev | fits | HBM/dev GiB (of) '
+           '| TFLOP/step/dev | roofline step | views/s/chip | MFU at bound |',
            '|---|---|---|---|---|---|---|---|---|---|---|']
   for path in paths:
     with open(path) as file:

@@ -172,9 +172,9 @@ def restore_variables(workdir: str) -> tuple[Any, Any, dict[str, Any]]:
   """
   directory = checkpoint_dir(workdir)
   if not os.path.isdir(directory):
-    stage_dirs = sorted(
-      os.path.join(workdir, name) for name in (os.listdir(workdir) if os.path.isdir(workdir) else [])
-      if os.path.isdir(checkpoint_dir(os.path.join(workdir, name))))
+    names = os.listdir(workdir) if os.path.isdir(workdir) else []
+    stage_dirs = sorted(os.path.join(workdir, name) for name in names
+                        if os.path.isdir(checkpoint_dir(os.path.join(workdir, name))))
     if stage_dirs:  # A run workdir was given where a stage workdir is needed.
       raise FileNotFoundError(
         f'{workdir} is a run workdir, not a stage workdir; pass one of its stages: '

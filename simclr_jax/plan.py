@@ -249,7 +249,7 @@ def compile_stage(config, stage: str, tpu_slice: Slice, devices: list) -> dict[s
   """Compiles `stage`'s train and eval steps for the slice; returns one plan row."""
   import jax
 
-  from simclr_jax import evaluation, run, sharding, train, validation
+  from simclr_jax import run, sharding, train, validation
 
   derived = run.stage_config(config, stage)
   hosts = len({d.process_index for d in devices})
@@ -476,9 +476,11 @@ def main(argv: list[str]) -> None:
 
   config = flags.FLAGS.config
   accelerator_type = flags.FLAGS['accelerator-type'].value
-  out = flags.FLAGS.out or os.path.join('workdirs', 'plans', f'{config.name}-{accelerator_type}.json')
+  default_out = os.path.join('workdirs', 'plans', f'{config.name}-{accelerator_type}.json')
+  out = flags.FLAGS.out or default_out
   try:
-    plan = make_plan(config, accelerator_type, flags.FLAGS.topology, flags.FLAGS['max-fix-compiles'].value,
+    plan = make_plan(config, accelerator_type, flags.FLAGS.topology,
+                     flags.FLAGS['max-fix-compiles'].value,
                      log=lambda line: print(line, file=sys.stderr, flush=True))
   except (PlanError, validation.ConfigError, FileNotFoundError) as error:
     sys.exit(f'error: {error}')

@@ -51,7 +51,8 @@ def replicate(mesh: Mesh, tree: Any) -> Any:
 # MIN_SHARDED_SIZE elements is split along one of its dimensions over the `data` axis, so each
 # device stores 1/N of it. The step all-gathers the parameters for the loss and gradients,
 # cuts the gradients back to the parameters' layout and applies the optimizer on the shards,
-# where XLA computes LARS's per-tensor norms over the shards exactly (train.make_train_step). Small tensors (biases, BatchNorm) and BatchNorm statistics stay replicated.
+# where XLA computes LARS's per-tensor norms over the shards exactly (train.make_train_step).
+# Small tensors (biases, BatchNorm) and BatchNorm statistics stay replicated.
 MIN_SHARDED_SIZE = 2**14
 
 

@@ -15,7 +15,6 @@ differs only in its data, its loss (`stages.py`), which parameters train, and wh
 import dataclasses
 import functools
 import json
-import os
 import time
 from typing import Any
 

@@ -80,7 +80,8 @@ def lock(workdir: str):
         holder = {}
       pid, host = holder.get('pid'), holder.get('host')
       if host == me['host'] and isinstance(pid, int) and not _alive(pid):
-        logging.warning('Removing the stale lock of pid %d (no longer running) in %s.', pid, workdir)
+        logging.warning('Removing the stale lock of pid %d (no longer running) in %s.', pid,
+                        workdir)
         with contextlib.suppress(FileNotFoundError):
           os.remove(path)
         continue

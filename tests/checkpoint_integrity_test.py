@@ -26,7 +26,8 @@ def _save_three(directory):
 
 
 def _largest_file(root):
-  files = [os.path.join(d, f) for d, _, names in os.walk(os.path.join(root, 'state')) for f in names]
+  walk = os.walk(os.path.join(root, 'state'))
+  files = [os.path.join(d, f) for d, _, names in walk for f in names]
   return max(files, key=os.path.getsize)
 
 

@@ -25,7 +25,8 @@ def _commands(stdout):
 
 
 def test_tpu_vm_dry_run_creates_copies_installs_and_runs_on_every_worker():
-  result = _run(TPU_VM, '--dry-run', '--skip-plan', '--create', '--spot', '--accelerator-type=v4-32',
+  result = _run(TPU_VM, '--dry-run', '--skip-plan', '--create', '--spot',
+                '--accelerator-type=v4-32',
                 '--project=my-project', 'my-tpu', 'us-central2-b', 'configs/r50_1x.py',
                 'gs://bucket/r50', '--config.data.tfds_data_dir=gs://bucket/tfds')
   assert result.returncode == 0, result.stderr

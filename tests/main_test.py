@@ -150,7 +150,8 @@ def test_flat_folder_of_unlabeled_images_pretrains_end_to_end(tmp_path):
      f'--workdir={workdir / "pretrain"}', '--split=train', f'--output={output}',
      '--config.data.dataset=folder', f'--config.data.folder={folder}',
      '--config.model.width_multiplier=0.125'],
-    cwd=REPO, capture_output=True, text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+    cwd=REPO, capture_output=True, text=True, timeout=300,
+    env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert embed.returncode == 0, embed.stderr[-3000:]
   features = np.load(output)
   assert features['features'].shape == (48, 64) and set(features['labels'].tolist()) == {-1}
@@ -162,5 +163,6 @@ def test_stages_that_need_labels_are_refused_up_front_on_unlabeled_images(tmp_pa
                    f'--config.data.folder={folder}', '--config.stages=pretrain,finetune')
   assert proc.returncode == 1
   assert proc.stderr.strip().splitlines()[-1].startswith(
-    f'error: data.folder={folder!r} is a flat folder of unlabeled images, but finetune needs labels')
+    f'error: data.folder={folder!r} is a flat folder of unlabeled images, but finetune needs '
+    'labels')
   assert not os.path.exists(tmp_path / 'run' / 'pretrain' / 'checkpoints')

@@ -2,7 +2,6 @@
 figures against independent arithmetic and the compiler's own counts."""
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -64,7 +63,8 @@ def test_compiled_state_bytes_match_arithmetic(accelerator_type, shard_state, mo
   stats = sum(x.size for x in jax.tree.leaves(variables['batch_stats']))
 
   def per_device(x):  # 1/4 of a tensor that has a dimension divisible by 4 (and >= 64 values).
-    return x.size // 4 if shard_state and x.size >= 64 and any(d % 4 == 0 for d in x.shape) else x.size
+    split = shard_state and x.size >= 64 and any(d % 4 == 0 for d in x.shape)
+    return x.size // 4 if split else x.size
 
   state_bytes = 4 * (2 * sum(per_device(x) for x in params) + stats + 2)  # + step, LARS count
   batch_bytes = 4 * (2 * 4 * IMAGE_SIZE * IMAGE_SIZE * 3 + 4)  # two views and labels of 4 images

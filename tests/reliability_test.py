@@ -96,7 +96,8 @@ def test_sigkill_three_times_then_resume_is_bitwise_identical(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_or_ctrl_c_saves_the_current_step_and_exits_cleanly(tmp_path, signum):
-  process = _start(tmp_path, '--config.train.train_steps=500', '--config.train.checkpoint_every_steps=100')
+  process = _start(tmp_path, '--config.train.train_steps=500',
+                   '--config.train.checkpoint_every_steps=100')
   _wait_for_step(process, tmp_path / 'pretrain', 3)
   process.send_signal(signum)
   output = process.stdout.read()
@@ -111,7 +112,8 @@ def test_sigterm_or_ctrl_c_saves_the_current_step_and_exits_cleanly(tmp_path, si
 
 @pytest.mark.slow
 def test_second_run_on_a_workdir_is_refused_and_a_stale_lock_is_taken_over(tmp_path):
-  first = _start(tmp_path, '--config.train.train_steps=500', '--config.train.checkpoint_every_steps=100')
+  first = _start(tmp_path, '--config.train.train_steps=500',
+                 '--config.train.checkpoint_every_steps=100')
   _wait_for_step(first, tmp_path / 'pretrain', 2)
   second = _start(tmp_path, '--config.train.train_steps=500')
   output = second.stdout.read()
@@ -121,7 +123,8 @@ def test_second_run_on_a_workdir_is_refused_and_a_stale_lock_is_taken_over(tmp_p
   first.send_signal(signal.SIGKILL)  # Leaves its lock behind.
   first.wait()
   assert os.path.exists(tmp_path / workdir.LOCK_FILE)
-  third = _start(tmp_path, '--config.train.train_steps=4', '--config.train.allow_config_change=True')
+  third = _start(tmp_path, '--config.train.train_steps=4',
+                 '--config.train.allow_config_change=True')
   output = third.stdout.read()
   assert third.wait(timeout=300) == 0, output[-3000:]
   assert f'stale lock of pid {first.pid}' in output
