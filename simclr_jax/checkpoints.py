@@ -48,6 +48,8 @@ DAMAGED_SUBDIR = 'damaged_checkpoints'
 def _bit_sums(tree: Any) -> Any:
   def one(x):
     x = jnp.asarray(x)
+    if x.dtype == jnp.bool_:
+      return jnp.sum(x, dtype=jnp.uint32)
     if x.dtype.itemsize == 4:
       bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
     elif x.dtype.itemsize == 2:

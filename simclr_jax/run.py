@@ -123,7 +123,8 @@ def run_stages(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dic
   for stage in stages:
     directory = stage_workdir(workdir, stage)
     if _is_complete(directory):
-      workdir_lib.check_same_run(stage_config(config, stage), directory, finished=True)
+      workdir_lib.check_same_run(stage_config(config, stage), directory, finished=True,
+                                 stage=stage)
       logging.info('%s: complete in %s; skipping (delete it to rerun).', stage, directory)
       all_results[stage] = _read_results(directory)
       continue

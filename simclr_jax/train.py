@@ -321,7 +321,7 @@ def train_and_evaluate(
                              num_processes=jax.process_count())
   mesh = sharding.make_mesh()
   workdir_lib.check_writable(workdir)
-  workdir_lib.check_same_run(config, workdir)
+  workdir_lib.check_same_run(config, workdir, stage=stage)
   spec = _Stage(config, stage, restore or {}, mesh)
   requested_config, config = config, spec.config  # The run is recorded as requested.
   if stage == 'pretrain' and config.knn.enabled:

@@ -127,23 +127,34 @@ def check_writable(workdir: str) -> None:
     )
 
 
-def _defining_fields(config_dict: dict) -> dict:
+# The sections of the stages that a stage does not depend on (those that run after it).
+_LATER_SECTIONS = {
+  'pretrain': ('finetune.', 'distill.', 'supervised.'),
+  'finetune': ('distill.', 'supervised.'),
+  'distill': ('supervised.',),
+  'supervised': ('distill.',),
+}
+
+
+def _defining_fields(config_dict: dict, stage: str | None = None) -> dict:
   flat = traverse_util.flatten_dict(config_dict, sep='.')
-  return {k: v for k, v in flat.items() if not any(k.startswith(p) for p in MAY_CHANGE)}
+  ignored = MAY_CHANGE + _LATER_SECTIONS.get(stage, ())
+  return {k: v for k, v in flat.items() if not any(k.startswith(p) for p in ignored)}
 
 
 def check_same_run(
-  config: ml_collections.ConfigDict, workdir: str, finished: bool = False
+  config: ml_collections.ConfigDict, workdir: str, finished: bool = False, stage: str | None = None
 ) -> None:
   """Refuses a workdir whose saved config differs in a run-defining field (unless allowed).
 
   `finished`: the workdir holds a completed stage, which would otherwise be silently reused.
+  `stage`: the settings of the stages after it (say, distill's for pretrain) do not count.
   """
   path = epath.Path(workdir) / CONFIG_FILE
   current = json.loads(config.to_json_best_effort())
   if path.exists():
-    saved = _defining_fields(json.loads(path.read_text()))
-    now = _defining_fields(current)
+    saved = _defining_fields(json.loads(path.read_text()), stage)
+    now = _defining_fields(current, stage)
     differing = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
     if differing and not config.train.allow_config_change:
       shown = ', '.join(f'{k}: {saved.get(k)!r} -> {now.get(k)!r}' for k in differing[:6])

@@ -82,9 +82,9 @@ def test_chain_restores_each_stage_and_linear_eval_freezes_the_encoder(tmp_path)
   # A changed run-defining setting is not silently answered with the old results.
   changed = _tiny_chain(fine_tune_after_block=4)
   changed.finetune.optim.learning_rate *= 2
-  with pytest.raises(validation.ConfigError,
-                     match=r'holds a finished run of a different config \(optim.learning_rate'):
-    run.run_stages(changed, workdir)
+  with pytest.raises(validation.ConfigError, match=r'finetune\' holds a finished run of a '
+                     r'different config \(finetune.optim.learning_rate: 0.02 -> 0.04'):
+    run.run_stages(changed, workdir)  # pretrain (which does not use finetune.*) was reused.
 
   # Embedding: the contract CLI writes features and labels in split order.
   output = str(tmp_path / 'features.npz')
