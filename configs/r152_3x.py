@@ -7,8 +7,15 @@ Variants after a colon choose the label fraction and the student: `configs/r152_
 (default: 1 % labels, self-distillation into R152 3x SK), `:10pct`, `:1pct_to_r50`,
 `:10pct_to_r50` (distill into ResNet-50 1x). Pretraining only: `--config.stages=pretrain,`.
 
-Hardware: a large Cloud TPU pod slice (v3-128 / v4-64 class or bigger) with bf16 compute; the
-backbone alone has 795 M parameters (REFERENCE §3). Launch with launch/tpu_pod.sh.
+Hardware: Cloud TPU v4-64 (32 chips; JAX runs one device per v4 chip) at the recipe's batch
+4096, bf16 compute, block remat; the backbone alone has 795 M parameters. Compiled for that slice
+on a 2-core CPU (2026-11-30, 44 min, 18.5 GB of RAM) with
+    python -m simclr_jax.plan --config=configs/r152_3x.py --accelerator-type=v4-64
+every stage fits the 32 GiB of HBM per chip: pretrain 28.6 GiB (128 images, 256 views per chip),
+finetune 11.0 GiB, distill 23.2 GiB (with the teacher). Roofline lower bounds on the step time:
+pretrain 1.11 s (230 views/s per chip, compute bound), finetune 0.20 s, distill 0.69 s; 800
+epochs of pretraining are then at least 77 hours. Compiled estimates, not measurements; other
+slices in docs/BENCHMARKS.md. Launch with launch/tpu_vm.sh (it runs the same plan first).
 Recipe: batch 4096, LARS with sqrt LR scaling (0.075 -> 4.8), weight decay 1e-4, temperature
 0.1, 3-layer projection head, global BN, 800 epochs (SimCLRv2 paper). Expected: the released
 r152_3x_sk1 model has 79.8 % linear-eval top-1 (README table); the online probe lands near it.

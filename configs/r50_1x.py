@@ -4,7 +4,13 @@
         --config.data.tfds_data_dir=gs://BUCKET/tensorflow_datasets
 
 Hardware: a TPU v3-32 or larger pod slice (README: "about 6 hours on 32 TPU v3 cores" for 100
-epochs at batch 4096), or 8+ GPUs with bf16. Launch on Cloud TPU with launch/tpu_pod.sh.
+epochs at batch 4096), or 8+ GPUs with bf16. Launch on Cloud TPU with launch/tpu_vm.sh.
+Compiled for v3-32 on a 2-core CPU (2026-11-30, 3 min) with
+    python -m simclr_jax.plan --config=configs/r50_1x.py --accelerator-type=v3-32
+pretraining fits: 9.1 GiB of the 16 GiB per TensorCore (128 images each); the roofline lower
+bound on the step is 153 ms (3,350 views/s per chip, compute bound), so 100 epochs (31,279
+steps) take at least 80 min there; the official 6 hours is the measured figure. Compiled
+estimates, not measurements; other slices in docs/BENCHMARKS.md.
 Expected: the online linear probe reaches roughly 60-65 % top-1 after 100 epochs (the README
 reports about 64.5 % for a separate linear evaluation of this recipe).
 """
