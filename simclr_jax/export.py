@@ -20,6 +20,7 @@ train=False)`; `tf.saved_model.load(OUTPUT + '/saved_model').signatures['serving
 
 import json
 import os
+import sys
 from typing import Any
 
 import ml_collections
@@ -166,8 +167,9 @@ def _define_flags():
   workdir = flags.DEFINE_string('workdir', None, 'Stage workdir holding checkpoints/.')
   output = flags.DEFINE_string('output', None, 'Output directory.')
   fmt = flags.DEFINE_enum('format', 'both', list(FORMATS), 'What to write.')
+  overwrite = flags.DEFINE_bool('overwrite', False, 'Replace files already in --output.')
   flags.mark_flags_as_required(['workdir', 'output'])
-  return config, workdir, output, fmt
+  return config, workdir, output, fmt, overwrite
 
 
 def main(argv: list[str], flag_values) -> None:
@@ -175,7 +177,11 @@ def main(argv: list[str], flag_values) -> None:
 
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  config, workdir, output, fmt = (f.value for f in flag_values)
+  config, workdir, output, fmt, overwrite = (f.value for f in flag_values)
+  existing = sorted(os.listdir(output)) if os.path.isdir(output) else []
+  if existing and not overwrite:
+    sys.exit(f'error: --output={output} already holds {", ".join(existing[:5])}; pass '
+             '--overwrite to replace them, or choose another --output')
   try:
     written = export(config, workdir, output, fmt)
   except (FileNotFoundError, ValueError) as error:

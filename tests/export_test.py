@@ -95,3 +95,18 @@ def test_errors_name_the_fix(tmp_path):
   )
   assert result.returncode != 0
   assert 'does not exist; run the stage that writes it first' in result.stderr
+
+
+def test_export_never_overwrites_silently(tmp_path):
+  out = tmp_path / 'out'
+  out.mkdir()
+  (out / 'model.npz').write_bytes(b'an earlier export')
+  result = subprocess.run(
+    [sys.executable, '-m', 'simclr_jax.export', f'--workdir={tmp_path / "missing"}',
+     f'--output={out}'],
+    cwd=REPO, capture_output=True, text=True, timeout=120,
+  )
+  assert result.returncode == 1
+  assert result.stderr.strip() == (f'error: --output={out} already holds model.npz; pass '
+                                   '--overwrite to replace them, or choose another --output')
+  assert (out / 'model.npz').read_bytes() == b'an earlier export'
