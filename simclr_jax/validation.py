@@ -9,16 +9,13 @@ import ml_collections
 
 # One home each: the modules that act on them (a folder listing reads exactly these extensions).
 from simclr_jax.data.folders import IMAGE_EXTENSIONS
+from simclr_jax.errors import ConfigError  # Also validation.ConfigError, as before.
 from simclr_jax.optim import OPTIMIZERS
 from simclr_jax.stages import STAGES
 
 SUPPORTED_DEPTHS = (18, 34, 50, 101, 152, 200)
 LR_SCALINGS = ('linear', 'sqrt')
 COMPUTE_DTYPES = ('float32', 'bfloat16')
-
-
-class ConfigError(ValueError):
-  """A configuration value that cannot work; the message names the field and the fix."""
 
 
 def _require(condition: bool, message: str) -> None:

@@ -96,6 +96,18 @@ def test_command_line_mistakes_are_one_line(tmp_path, args, message):
   assert proc.stderr.startswith(message), proc.stderr
 
 
+def test_data_mistakes_end_in_one_line_without_a_traceback(tmp_path):
+  """A split folder that does not exist: the error names it and the fix, no traceback."""
+  demo = os.path.join(REPO, 'simclr_jax', 'demo_data', 'cifar10')
+  proc = _run_main(f'--workdir={tmp_path}', '--config.data.dataset=folder',
+                   f'--config.data.folder={demo}', '--config.data.eval_split=validation',
+                   '--config.stages=pretrain,')
+  assert proc.returncode == 1 and 'Traceback' not in proc.stderr
+  assert proc.stderr.strip().splitlines()[-1] == (
+    f"error: data.folder='{demo}' has no split folder 'validation' (found: test, train); set the "
+    'split (data.train_split / data.eval_split) to one of them.')
+
+
 @pytest.mark.slow
 def test_host_decode_with_device_augmentation_trains(tmp_path):
   """data.augment_on_device + data.decode_crop_only: the host sends encoded-then-decoded uint8

@@ -8,6 +8,7 @@ import os
 import pathlib
 
 from absl import logging
+from simclr_jax.errors import ConfigError
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
 
@@ -35,7 +36,7 @@ def list_image_folder(root: str, split: str) -> tuple[list[str], list[int], list
   Order: classes sorted by name, files sorted by name within a class.
   """
   if not os.path.isdir(root):
-    raise ValueError(
+    raise ConfigError(
       f'data.folder={root!r} does not exist; set data.folder to a folder of images '
       '(root/<split>/<class>/*.png|jpg, or a flat folder of unlabeled images).'
     )
@@ -46,7 +47,7 @@ def list_image_folder(root: str, split: str) -> tuple[list[str], list[int], list
                    split)
       split_dir = root
     else:
-      raise ValueError(
+      raise ConfigError(
         f'data.folder={root!r} has no split folder {split!r} (found: '
         f'{", ".join(subfolders(root)) or "none"}); set the split (data.train_split / '
         'data.eval_split) to one of them.'
@@ -70,7 +71,7 @@ def list_image_folder(root: str, split: str) -> tuple[list[str], list[int], list
     paths = [os.path.join(split_dir, f) for f in images_in(split_dir)]
     labels = [-1] * len(paths)
   if not paths:
-    raise ValueError(
+    raise ConfigError(
       f'data.folder={root!r} split {split!r} contains no {"/".join(IMAGE_EXTENSIONS)} images '
       f'in {split_dir}; put images in <split>/<class>/ folders or point data.folder elsewhere.'
     )

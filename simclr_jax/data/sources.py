@@ -20,6 +20,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from simclr_jax.data import folders, image_check
+from simclr_jax.errors import ConfigError
 
 IMAGE_EXTENSIONS = folders.IMAGE_EXTENSIONS
 demo_data_dir = folders.demo_data_dir  # Re-exported: callers use sources.demo_data_dir().
@@ -81,7 +82,7 @@ def _listing(
     paths, full_check_max_bytes=full_check_max_bytes)
   if len(skipped) == len(paths):
     example, reason = next(iter(skipped.items()))
-    raise ValueError(
+    raise ConfigError(
       f'data.folder={root!r} split {split!r} has no readable image: all {len(paths)} files fail '
       f'to decode (e.g. {example}: {reason}); fix the files or point data.folder elsewhere.'
     )
@@ -154,7 +155,7 @@ def _tfds_builder(name: str, data_dir: str | None):
   try:
     return tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as error:
-    raise ValueError(
+    raise ConfigError(
       f'data.dataset={name!r} is not a known tfds dataset; use e.g. {KNOWN_TFDS_EXAMPLES}, '
       "or data.dataset='folder' with data.folder=PATH."
     ) from error
@@ -182,7 +183,7 @@ def from_tfds(
     try:
       num_examples = splits[split].num_examples
     except (KeyError, ValueError) as error:
-      raise ValueError(
+      raise ConfigError(
         f'tfds dataset {name!r} has no split {split!r} (has: {", ".join(sorted(splits))}); set '
         'data.train_split / data.eval_split to one of them.'
       ) from error
@@ -195,7 +196,7 @@ def from_tfds(
       split=split, shuffle_files=False, decoders={'image': tfds.decode.SkipDecoding()}
     )
   except AssertionError as error:  # tfds asserts when the dataset was never prepared.
-    raise ValueError(
+    raise ConfigError(
       f'data.dataset={name!r} is not prepared in data.tfds_data_dir={data_dir!r}; build it first '
       f'(`tfds build {name} --data_dir=...`; ImageNet needs a manual download).'
     ) from error
@@ -244,6 +245,6 @@ def load(
     return from_folder(demo_data_dir(), split, **sharding)
   if dataset == 'folder':
     if not folder:
-      raise ValueError("data.dataset='folder' needs data.folder=PATH (root/<split>/<class>/*).")
+      raise ConfigError("data.dataset='folder' needs data.folder=PATH (root/<split>/<class>/*).")
     return from_folder(folder, split, **sharding)
   return from_tfds(dataset, split, data_dir=data_dir, **sharding)
