@@ -4,6 +4,12 @@
 
 Hardware: one GPU or TPU host (batch 512 of 32x32 images). Needs the tfds `cifar10` dataset
 prepared in --config.data.tfds_data_dir (or use data.dataset='folder' with an image folder).
+Compiled for a TPU v4-8 (4 chips) on a 2-core CPU (2026-11-30) with
+    python -m simclr_jax.plan --config=configs/cifar10_r18.py --accelerator-type=v4-8
+all four stages fit easily (pretrain 1.0 GiB of 32 GiB per chip); the roofline lower bound on a
+pretraining step is 11.7 ms (memory bound), so the 97,657 steps take at least 19 min there; the
+host input, not the chip, will set the pace (44k images/s would be needed). Compiled
+estimates, not measurements.
 Expected: 1000 epochs (97,657 steps); the official README reports about 91 % linear-eval top-1
 for this recipe; the online probe trained during pretraining lands a few points lower.
 """
