@@ -97,5 +97,7 @@ def create_progress(num_train_steps: int, writer: Any):
   if tensorflow_available():
     from clu import periodic_actions
 
+    # steps/s and uptime to TensorBoard only: the progress line already says them in the log.
+    writer = getattr(writer, 'summary', writer)
     return periodic_actions.ReportProgress(num_train_steps=num_train_steps, writer=writer)
   return ProgressLog(num_train_steps, writer)

@@ -26,6 +26,8 @@ IMAGE_EXTENSIONS = folders.IMAGE_EXTENSIONS
 demo_data_dir = folders.demo_data_dir  # Re-exported: callers use sources.demo_data_dir().
 KNOWN_TFDS_EXAMPLES = 'cifar10, cifar100, stl10, imagenet2012, imagenet2012_subset/1pct'
 
+_ANNOUNCED: set[tuple[str, str]] = set()  # (root, split) listings already logged.
+
 
 @dataclasses.dataclass(frozen=True)
 class Source:
@@ -115,7 +117,9 @@ def from_folder(
   """
   listing = _listing(root, split, full_check_max_bytes)
   paths, labels, class_names = listing.paths, listing.labels, listing.class_names
-  logging.info('%s/%s: %d images in %d classes.', root, split, len(paths), len(class_names))
+  if (root, split) not in _ANNOUNCED:  # Once per process: stages and kNN list it again.
+    _ANNOUNCED.add((root, split))
+    logging.info('%s/%s: %d images in %d classes.', root, split, len(paths), len(class_names))
   if listing.skipped:
     logging.warning('%s/%s: skipped %d unreadable image files (paths logged above).', root, split,
                     len(listing.skipped))
