@@ -73,8 +73,11 @@ def tree_specs(tree: Any, num_shards: int, min_size: int | None = None) -> Any:
   return jax.tree.map(lambda x: state_spec(tuple(np.shape(x)), num_shards, min_size), tree)
 
 
-def named(mesh: Mesh, specs: Any) -> Any:
-  return jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs,
+def layout(tree: Any, mesh: Mesh, split: bool) -> Any:
+  """NamedShardings for every leaf: replicated, or split by `state_spec` when `split`."""
+  if not split:
+    return jax.tree.map(lambda _: replicated(mesh), tree)
+  return jax.tree.map(lambda spec: NamedSharding(mesh, spec), tree_specs(tree, mesh.size),
                       is_leaf=lambda x: isinstance(x, P))
 
 

@@ -2,10 +2,7 @@
 
     config -> validate -> mesh -> data -> init / restore -> [step, log, save]* -> eval -> results
 
-The step is `jax.jit(jax.shard_map(step_fn))` over a 1-D `data` mesh: inside, each device sees
-its slice of the global batch, BatchNorm reduces its statistics over the axis (global BN), the
-NT-Xent loss all-gathers the projections, and the loss is the global-batch mean, so gradients
-come out already averaged over devices. The state is donated; it is replicated, or with
+The step and its state (`step.py`) are donated each call; the state is replicated, or with
 `train.shard_state` its parameters and optimizer state are split over the devices.
 
 Every stage (pretrain, finetune, distill, supervised) runs through `train_and_evaluate`; a stage
@@ -13,7 +10,6 @@ differs only in its data, its loss (`stages.py`), which parameters train, and wh
 """
 
 import dataclasses
-import functools
 import json
 import time
 from typing import Any
@@ -27,23 +23,17 @@ import optax
 from absl import logging
 from etils import epath
 from clu import parameter_overview
-from jax.sharding import PartitionSpec as P
 
 from simclr_jax import checkpoints, evaluation, optim, progress, sharding, stages, validation
 from simclr_jax import workdir as workdir_lib
 from simclr_jax.data import input as data_input
 from simclr_jax.models import simclr as simclr_model
+# The step and its state live in step.py; these names stay importable from train.
+from simclr_jax.step import (  # noqa: F401 - re-exported
+  TrainState, abstract_state, init_state, make_train_step, state_shardings, teacher_shardings)
 
 METRICS_FILE = 'metrics.jsonl'
 RESULTS_FILE = 'results.json'
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array  # int32 scalar: number of optimizer updates done.
-  params: Any
-  batch_stats: Any
-  opt_state: Any
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int, **overrides: Any):
@@ -109,113 +99,6 @@ def build_optimizer(
   return tx, schedule, total_steps
 
 
-def _initial_state(model, tx, image_size: int, rng, given: dict | None) -> TrainState:
-  if given is None:
-    given = model.init(rng, jnp.zeros((2, image_size, image_size, 3), jnp.float32), train=False)
-  params = given['params']
-  return TrainState(
-    step=jnp.zeros((), jnp.int32),
-    params=params,
-    batch_stats=given.get('batch_stats', {}),
-    opt_state=tx.init(params),
-  )
-
-
-def init_state(model, tx, image_size: int, seed: int, mesh, variables: dict | None = None,
-               shard_state: bool = False):
-  """The train state on the mesh (replicated, or sharded: `state_shardings`), fresh (from
-  `seed`) or from given variables."""
-  init = functools.partial(_initial_state, model, tx, image_size)
-  rng = jax.random.fold_in(jax.random.key(seed), 0)  # purpose 0: parameter init
-  shardings = state_shardings(jax.eval_shape(init, rng, variables), mesh, shard_state)
-  return jax.jit(init, out_shardings=shardings)(rng, variables)
-
-
-def make_train_step(
-  loss_fn: stages.LossFn, tx, schedule, mesh, trainable: Any = None, prepare=None,
-  state_sharding: Any = None,
-):
-  """jit(step): one optimizer update on a global batch; state donated.
-
-  `prepare(batch, dataset, step)` (device-resident data) turns the host's example indices into
-  augmented views on the device before the loss; `dataset` is passed replicated each call.
-
-  Replicated state (`state_sharding=None`): the whole step runs inside `shard_map`. Sharded
-  state (`state_sharding`: a TrainState of NamedShardings, see `state_shardings`): XLA
-  all-gathers the parameters (and a sharded teacher) into the `shard_map` that computes loss
-  and gradients exactly as the replicated step does; the all-reduced gradients are cut to the
-  parameters' layout and the optimizer runs on the shards, where XLA computes LARS's
-  per-tensor norms over all shards exactly. Both give the same update (tests/train_test.py).
-  """
-
-  def loss_and_grads(params, batch_stats, batch, aux, dataset, step):
-    if prepare is not None:
-      batch = prepare(batch, dataset, step)
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (_, (batch_stats, metrics)), grads = grad_fn(params, batch_stats, batch, aux)
-    return grads, batch_stats, metrics
-
-  def apply_gradients(state: TrainState, grads, batch_stats, metrics):
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    if trainable is not None:  # Frozen parameters stay bit-identical.
-      updates = jax.tree.map(lambda u, t: u if t else jnp.zeros_like(u), updates, trainable)
-    params = optax.apply_updates(state.params, updates)
-    metrics = dict(metrics)
-    metrics['learning_rate'] = schedule(state.step)
-    metrics['grad_norm'] = optax.tree.norm(grads)
-    metrics['weight_norm'] = optax.tree.norm(params)
-    return TrainState(state.step + 1, params, batch_stats, opt_state), metrics
-
-  data = P(sharding.DATA_AXIS)
-  sharded_grads = jax.shard_map(
-    loss_and_grads, mesh=mesh, in_specs=(P(), P(), data, P(), P(), P()),
-    out_specs=(P(), P(), P()))
-
-  if state_sharding is None:
-    def step_fn(state: TrainState, batch, aux, dataset):
-      grads, batch_stats, metrics = loss_and_grads(
-        state.params, state.batch_stats, batch, aux, dataset, state.step)
-      return apply_gradients(state, grads, batch_stats, metrics)
-
-    step_fn = jax.shard_map(
-      step_fn, mesh=mesh, in_specs=(P(), data, P(), P()), out_specs=(P(), P()))
-    jitted = jax.jit(step_fn, donate_argnums=0)
-  else:
-    def step_fn(state: TrainState, batch, aux, dataset):
-      grads, batch_stats, metrics = sharded_grads(
-        state.params, state.batch_stats, batch, aux, dataset, state.step)
-      grads = jax.lax.with_sharding_constraint(grads, state_sharding.params)
-      return apply_gradients(state, grads, batch_stats, metrics)
-
-    jitted = jax.jit(step_fn, out_shardings=(state_sharding, sharding.replicated(mesh)),
-                     donate_argnums=0)
-  step = lambda state, batch, aux=None, dataset=None: jitted(state, batch, aux, dataset)
-  step.lower = lambda state, batch, aux=None, dataset=None: jitted.lower(state, batch, aux, dataset)
-  return step
-
-
-def teacher_shardings(teacher_variables: Any, mesh, shard_state: bool) -> Any:
-  """The frozen teacher's variables: replicated, or split like parameters under shard_state."""
-  if not shard_state:
-    return jax.tree.map(lambda _: sharding.replicated(mesh), teacher_variables)
-  return sharding.named(mesh, sharding.tree_specs(teacher_variables, mesh.size))
-
-
-def state_shardings(abstract_state: 'TrainState', mesh, shard_state: bool) -> 'TrainState':
-  """NamedShardings of the train state: all replicated, or parameters and optimizer state split
-  over `data` (sharding.state_spec); the step counter and BN statistics stay replicated."""
-  replicated = sharding.replicated(mesh)
-  if not shard_state:
-    return jax.tree.map(lambda _: replicated, abstract_state)
-  specs = lambda tree: sharding.named(mesh, sharding.tree_specs(tree, mesh.size))
-  return TrainState(
-    step=replicated,
-    params=specs(abstract_state.params),
-    batch_stats=jax.tree.map(lambda _: replicated, abstract_state.batch_stats),
-    opt_state=specs(abstract_state.opt_state),
-  )
-
-
 @dataclasses.dataclass(frozen=True)
 class StageParts:
   """What a stage compiles: its model, which parameters train, its loss (no data, no values)."""
@@ -254,15 +137,6 @@ def build_stage_parts(
   else:
     loss_fn = stages.finetune_loss_fn(model, mask=trainable, **common)
   return StageParts(model, trainable, loss_fn)
-
-
-def abstract_state(model, tx, image_size: int, mesh, shard_state: bool) -> TrainState:
-  """ShapeDtypeStructs (with their shardings) of a stage's train state; nothing allocated."""
-  shapes = jax.eval_shape(
-    lambda: _initial_state(model, tx, image_size, jax.random.key(0), None))
-  shardings = state_shardings(shapes, mesh, shard_state)
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      shapes, shardings)
 
 
 def without_label_uses(config: ml_collections.ConfigDict, stage: str) -> ml_collections.ConfigDict:

@@ -72,6 +72,19 @@ def _assert_trees_close(a, b, rtol):
     assert error <= rtol, f'{jax.tree_util.keystr(path)}: relative error {error:.2e}'
 
 
+def _assert_same_steps(state, metrics, reference, reference_metrics, initial, keys):
+  """Metrics, parameters, BN statistics and optimizer state within 1e-5 of the reference, and
+  the steps moved the model (a no-op step would otherwise compare equal trivially)."""
+  for got, want in zip(metrics, reference_metrics):
+    for key in keys:
+      np.testing.assert_allclose(got[key], want[key], rtol=1e-5, err_msg=key)
+  _assert_trees_close(state.params, reference.params, rtol=1e-5)
+  _assert_trees_close(state.batch_stats, reference.batch_stats, rtol=1e-5)
+  _assert_trees_close(state.opt_state, reference.opt_state, rtol=1e-5)
+  moved = jax.tree.map(lambda x, y: float(np.max(np.abs(x - y))), reference.params, initial)
+  assert max(jax.tree.leaves(moved)) > 1e-3
+
+
 @pytest.mark.parametrize('optimizer', ['lars', 'momentum'])
 def test_eight_devices_match_one_device(optimizer):
   assert jax.device_count() == 8, 'tests/conftest.py must force 8 CPU devices'
@@ -79,15 +92,8 @@ def test_eight_devices_match_one_device(optimizer):
   batch = _batch()
   state_1, metrics_1, initial = _one_step(config, jax.devices()[:1], batch)
   state_8, metrics_8, _ = _one_step(config, jax.devices(), batch)
-  for m1, m8 in zip(metrics_1, metrics_8):
-    for key in ('total_loss', 'contrastive_loss', 'probe_loss', 'contrast_acc', 'grad_norm'):
-      np.testing.assert_allclose(m8[key], m1[key], rtol=1e-5, err_msg=key)
-  _assert_trees_close(state_8.params, state_1.params, rtol=1e-5)
-  _assert_trees_close(state_8.batch_stats, state_1.batch_stats, rtol=1e-5)
-  _assert_trees_close(state_8.opt_state, state_1.opt_state, rtol=1e-5)
-  # The steps changed the model: the comparison would pass trivially on a no-op step otherwise.
-  moved = jax.tree.map(lambda x, y: float(np.max(np.abs(x - y))), state_1.params, initial)
-  assert max(jax.tree.leaves(moved)) > 1e-3
+  _assert_same_steps(state_8, metrics_8, state_1, metrics_1, initial,
+                     ('total_loss', 'contrastive_loss', 'probe_loss', 'contrast_acc', 'grad_norm'))
   # At init the projections are nearly random: loss ~ 2 ln(2N - 1) (REFERENCE §1).
   uniform = 2 * np.log(2 * GLOBAL_BATCH - 1)
   assert abs(metrics_1[0]['contrastive_loss'] - uniform) < 0.5
@@ -103,14 +109,8 @@ def test_sharded_state_step_equals_replicated_step(optimizer, monkeypatch):
   batch = _batch(1)
   replicated, metrics_r, initial = _one_step(config, jax.devices(), batch, num_steps=3)
   sharded, metrics_s, _ = _one_step(config, jax.devices(), batch, num_steps=3, shard_state=True)
-  for mr, ms in zip(metrics_r, metrics_s):
-    for key in ('total_loss', 'contrastive_loss', 'grad_norm', 'weight_norm'):
-      np.testing.assert_allclose(ms[key], mr[key], rtol=1e-5, err_msg=key)
-  _assert_trees_close(sharded.params, replicated.params, rtol=1e-5)
-  _assert_trees_close(sharded.batch_stats, replicated.batch_stats, rtol=1e-5)
-  _assert_trees_close(sharded.opt_state, replicated.opt_state, rtol=1e-5)
-  moved = jax.tree.map(lambda x, y: float(np.max(np.abs(x - y))), replicated.params, initial)
-  assert max(jax.tree.leaves(moved)) > 1e-3
+  _assert_same_steps(sharded, metrics_s, replicated, metrics_r, initial,
+                     ('total_loss', 'contrastive_loss', 'grad_norm', 'weight_norm'))
 
 
 def test_sharded_state_is_split_over_devices(monkeypatch):

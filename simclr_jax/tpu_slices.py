@@ -1,0 +1,134 @@
+"""TPU slices as Cloud TPU names them: chip figures, topologies, and their JAX devices.
+
+`parse_accelerator_type('v4-64')` -> a `Slice` (chips, topology `v4:2x4x4`, devices per chip);
+`slice_devices(slice)` -> the devices of that slice as libtpu describes it, on any machine (no
+TPU needed), for compiling with `jax.jit(...).lower(...).compile()`. Used by `plan.py`.
+"""
+
+import dataclasses
+import math
+import os
+import re
+from typing import Any
+
+os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')  # Several plans may run at once.
+# No TPU here: libtpu need not look for its VM's metadata, and its init warnings say nothing.
+for _name, _value in (('TPU_SKIP_MDS_QUERY', '1'), ('TPU_STDERR_LOG_LEVEL', '3'),
+                      ('TPU_MIN_LOG_LEVEL', '3')):
+  os.environ.setdefault(_name, _value)
+
+GIB = 2**30
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+  """One TPU generation, per chip, as Google Cloud documents it (`source`)."""
+
+  name: str  # gcloud's prefix: v4 in v4-64.
+  topology_prefix: str  # jax.experimental.topologies name: v5e in v5e:4x4.
+  counts_cores: bool  # The accelerator-type number counts TensorCores (else chips).
+  cores_per_chip: int
+  megacore: bool  # One JAX device per chip (v4, v5p); else one per TensorCore.
+  dims: int  # Torus dimensions of the slice topology.
+  hbm_gib: float  # HBM per chip.
+  peak_tflops: float  # bf16 per chip.
+  hbm_gbps: float  # HBM bandwidth per chip, GB/s.
+  source: str
+
+  @property
+  def devices_per_chip(self) -> int:
+    return 1 if self.megacore else self.cores_per_chip
+
+
+# Figures from each generation's page of docs.cloud.google.com/tpu/docs (read 2026-11-30).
+# v5e/v6e pages state HBM in GB (converted here); v5p's newer page says 95 GiB.
+CHIPS = {
+  'v3': Chip('v3', 'v3', True, 2, False, 2, 32.0, 123.0, 900.0,
+             'https://cloud.google.com/tpu/docs/v3'),
+  'v4': Chip('v4', 'v4', True, 2, True, 3, 32.0, 275.0, 1200.0,
+             'https://cloud.google.com/tpu/docs/v4'),
+  'v5litepod': Chip('v5litepod', 'v5e', False, 1, False, 2, 16e9 / GIB, 197.0, 819.0,
+                    'https://cloud.google.com/tpu/docs/v5e'),
+  'v5p': Chip('v5p', 'v5p', True, 2, True, 3, 95.0, 459.0, 2765.0,
+              'https://cloud.google.com/tpu/docs/v5p-training'),
+  'v6e': Chip('v6e', 'v6e', False, 1, False, 2, 32e9 / GIB, 918.0, 1640.0,
+              'https://cloud.google.com/tpu/docs/v6e'),
+}
+
+
+class PlanError(ValueError):
+  """A bad accelerator type or a plan that cannot be made: one line for the user."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Slice:
+  accelerator_type: str
+  chip: Chip
+  chips: int
+  topology: str  # e.g. v4:4x4x2
+
+  @property
+  def num_devices(self) -> int:
+    return self.chips * self.chip.devices_per_chip
+
+  @property
+  def hbm_per_device(self) -> float:
+    return self.chip.hbm_gib * GIB / self.chip.devices_per_chip
+
+  def scaled(self, factor: int) -> 'Slice':
+    count = int(self.accelerator_type.rsplit('-', 1)[1]) * factor
+    return parse_accelerator_type(f'{self.chip.name}-{count}')
+
+
+def _grid(chips: int, dims: int) -> list[int]:
+  """Near-cubic torus sides (ascending) for a power-of-two chip count: 32 chips, 3-D: 2x4x4."""
+  if chips < 1 or chips & (chips - 1):
+    raise PlanError(f'{chips} chips is not a power of two; pass --topology (e.g. v4:2x2x3)')
+  sides = [1] * dims
+  while math.prod(sides) < chips:
+    sides[sides.index(min(sides))] *= 2
+  return sorted(sides)
+
+
+def parse_accelerator_type(accelerator_type: str) -> Slice:
+  """gcloud's spelling (v3-128, v4-64, v5litepod-256, v5p-128, v6e-64) -> the slice."""
+  match = re.fullmatch(r'(v\d+[a-z]*)-(\d+)', accelerator_type.strip())
+  known = ', '.join(f'{name}-N' for name in CHIPS)
+  if not match or match.group(1) not in CHIPS:
+    raise PlanError(f'--accelerator-type={accelerator_type!r} is not a TPU type this plan knows; '
+                    f'use one of {known} (as gcloud spells them, e.g. v4-64)')
+  chip, count = CHIPS[match.group(1)], int(match.group(2))
+  per_chip = chip.cores_per_chip if chip.counts_cores else 1
+  if count < per_chip or count % per_chip:
+    raise PlanError(f'--accelerator-type={accelerator_type}: {chip.name} counts '
+                    f'{"TensorCores" if chip.counts_cores else "chips"}; use a multiple of '
+                    f'{per_chip}')
+  chips = count // per_chip
+  sides = _grid(chips, chip.dims)
+  if chip.dims == 3 and sides[0] == 1:
+    sides = sides[1:] + [1]  # libtpu spells small v4/v5p slices 2x2x1.
+  topology = f'{chip.topology_prefix}:' + 'x'.join(str(s) for s in sides)
+  return Slice(accelerator_type, chip, chips, topology)
+
+
+def slice_devices(tpu_slice: Slice) -> list[Any]:
+  """The JAX devices of a described (not present) TPU slice."""
+  import tempfile
+
+  from jax.experimental import topologies
+
+  from simclr_jax import cli
+
+  kwargs = {'chip_config_name': 'megacore'} if tpu_slice.chip.megacore else {}
+  with tempfile.NamedTemporaryFile(suffix='.log') as log:
+    try:
+      cli.start_jax()  # This machine's backend (CPU), without libtpu's TPU VM warnings.
+      with cli.native_stderr_to(log.name):
+        topology = topologies.get_topology_desc(
+          platform='tpu', topology_name=tpu_slice.topology, **kwargs)
+    except Exception as error:  # noqa: BLE001 - libtpu missing or a topology it rejects.
+      raise PlanError(
+        f'cannot describe {tpu_slice.accelerator_type} ({tpu_slice.topology}): '
+        f'{str(error).splitlines()[0][:200]}; install libtpu with pip install -e ".[tpu]"'
+      ) from error
+  return list(topology.devices)
