@@ -31,6 +31,11 @@ DECODABLE_FORMATS = ('JPEG', 'PNG', 'GIF', 'BMP', 'WEBP')
 # Above this many bytes of images in a split, only headers are checked: a full Pillow decode of
 # ImageNet's 140 GB would take hours; up to 1 GiB it takes seconds to a few minutes on 16 cores.
 FULL_CHECK_MAX_BYTES = 2**30
+# Larger images are skipped: decoding one 144-megapixel PNG takes 430 MB as uint8 and several GB
+# once converted for augmentation; 64 MP is over five 12 MP phone photos' worth.
+MAX_PIXELS = 2**26
+
+_pixels: dict[str, int] = {}  # Path -> width * height from its header (set by find_unreadable).
 
 _verdicts: dict[tuple[str, int, int, bool], str] = {}  # Key -> '' (readable) or the reason.
 
@@ -43,6 +48,11 @@ def _problem(path: str, size: int, full: bool) -> str:
     with Image.open(path) as image:
       if image.format not in DECODABLE_FORMATS:
         return f'{image.format} is not decodable by tf.io.decode_image'
+      width, height = image.size
+      if width * height > MAX_PIXELS:
+        return (f'{width}x{height} = {width * height / 1e6:.0f} MP is over the '
+                f'{MAX_PIXELS / 1e6:.0f} MP cap (image_check.MAX_PIXELS); downscale it')
+      _pixels[path] = width * height
       if full:
         image.load()  # Decodes every pixel: raises on truncated or corrupt data.
   # Pillow's plugins raise many types on malformed input (OSError, SyntaxError, ValueError,
@@ -82,3 +92,11 @@ def find_unreadable(
         if problem:
           logging.warning('Skipping unreadable image %s (%s).', key[0], problem)
   return {key[0]: _verdicts[key] for key in keys if _verdicts[key]}, full
+
+
+def decoded_bytes(paths: Sequence[str]) -> int:
+  """uint8 RGB bytes of the decoded images (headers read by `find_unreadable`); 0 = unknown."""
+  try:
+    return 3 * sum(_pixels[path] for path in paths)
+  except KeyError:
+    return 0

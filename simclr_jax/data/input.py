@@ -57,13 +57,14 @@ def _hosts() -> dict[str, int]:
 
 
 def load_source(
-  config: ml_collections.ConfigDict, split: str, dataset: str = '', decode: bool = True
+  config: ml_collections.ConfigDict, split: str, dataset: str = '', decode: bool = True,
+  max_examples: int = 0,
 ) -> sources.Source:
   """Examples of a split; `decode=False` keeps them encoded (data.decode_crop_only)."""
   data = config.data
   return sources.load(
     dataset or data.dataset, split, folder=data.folder, data_dir=data.tfds_data_dir,
-    decode=decode, **_hosts()
+    decode=decode, max_examples=max_examples, **_hosts()
   )
 
 
@@ -94,7 +95,7 @@ def labelled_source(config: ml_collections.ConfigDict) -> sources.Source:
   source = _train_source(config, dataset)
   if is_official_subset(dataset):
     return source
-  return subsets.restrict(source, labelled_indices(config), **_hosts())
+  return subsets.restrict(source, labelled_indices(config))
 
 
 def _host_batch(global_batch_size: int) -> int:
@@ -109,7 +110,7 @@ def _host_pipeline_data(
 
   def make_iterator(start_step: int) -> Batches:
     dataset = make_dataset(
-      source.dataset,
+      source,
       seed=config.seed,
       host_batch_size=host_batch_size,
       shuffle_buffer=config.data.shuffle_buffer_multiplier * host_batch_size,
@@ -183,12 +184,8 @@ def make_eval_data(
     from simclr_jax.data import resident
 
     return EvalData(*resident.make_eval_iterator(config, split, max_examples))
-  source = load_source(config, split)
+  source = load_source(config, split, max_examples=max_examples)
   num_examples = source.num_examples
-  dataset_source = source.dataset
-  if 0 < max_examples < num_examples:
-    num_examples = max_examples
-    dataset_source = dataset_source.filter(lambda example: example['index'] < max_examples)
   host_batch_size = _host_batch(config.train.eval_batch_size)
   # Every host runs the same number of eval steps; hosts that run out feed masked batches.
   largest_host_share = math.ceil(num_examples / jax.process_count())
@@ -196,7 +193,7 @@ def make_eval_data(
 
   def make_iterator() -> Batches:
     dataset = pipeline.make_eval_dataset(
-      dataset_source,
+      source,
       batch_size=host_batch_size,
       image_size=config.data.image_size,
       crop_proportion=config.data.eval_crop_proportion,

@@ -28,21 +28,12 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from simclr_jax.data import augment
+from simclr_jax.data import augment, sources
 
-# Purposes folded into the root seed, so streams for different uses never share random bits.
-_SHUFFLE, _AUGMENT, _BLUR = 1, 2, 3
-_MAX_EPOCHS = 2**62
-
-
-def _purpose_seed(seed: int, purpose: int, *data: int | tf.Tensor) -> tf.Tensor:
-  """A [2] int64 stateless seed from the root seed, a purpose and further integers to fold in."""
-  derived = tf.random.experimental.stateless_fold_in(
-    tf.constant([seed, 0], tf.int64), tf.constant(purpose, tf.int64)
-  )
-  for value in data:
-    derived = tf.random.experimental.stateless_fold_in(derived, tf.cast(value, tf.int64))
-  return derived
+# Purposes folded into the root seed, so streams for different uses never share random bits
+# (shuffling is sources.SHUFFLE_PURPOSE = 1).
+_AUGMENT, _BLUR = 2, 3
+_purpose_seed = sources.purpose_seed
 
 
 def _options(threadpool_size: int) -> tf.data.Options:
@@ -55,39 +46,13 @@ def _options(threadpool_size: int) -> tf.data.Options:
   return options
 
 
-def _shuffled_epochs(
-  source_ds: tf.data.Dataset,
-  *,
-  seed: int,
-  shuffle_buffer: int,
-  cache: bool,
-  start_example: int,
-  process_index: int,
-  num_epochs: int | None,
-) -> tf.data.Dataset:
-  """Examples with an 'epoch' field, each epoch shuffled by a seed from (seed, host, epoch).
-
-  Skips `start_example` examples of this host's stream: whole epochs arithmetically when the
-  source's size is known, so resuming costs at most one epoch of reads.
-  """
-  if cache:
-    source_ds = source_ds.cache()
-  epoch_size = int(source_ds.cardinality())
-  if epoch_size == 0:
-    raise ValueError('The input has no examples on this host; check the dataset and split.')
-  first_epoch, skip = 0, start_example
-  if epoch_size > 0:
-    first_epoch, skip = divmod(start_example, epoch_size)
-
-  def one_epoch(epoch: tf.Tensor) -> tf.data.Dataset:
-    shuffle_seed = tf.random.stateless_uniform(
-      [], _purpose_seed(seed, _SHUFFLE, process_index, epoch), 0, 2**62, dtype=tf.int64
-    )
-    shuffled = source_ds.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
-    return shuffled.map(lambda example: {**example, 'epoch': epoch})
-
-  stop = _MAX_EPOCHS if num_epochs is None else num_epochs
-  return tf.data.Dataset.range(first_epoch, stop).flat_map(one_epoch).skip(skip)
+def _shuffled_epochs(source, *, seed: int, shuffle_buffer: int, cache: bool, start_example: int,
+                     process_index: int, num_epochs: int | None) -> tf.data.Dataset:
+  """The source's training order (`sources.Source.epochs`); a tf.data.Dataset of in-order
+  examples is treated as an in-memory source."""
+  return sources.as_source(source).epochs(
+    seed=seed, shuffle_buffer=shuffle_buffer, cache=cache, start_example=start_example,
+    process_index=process_index, num_epochs=num_epochs)
 
 
 def _view_seeds(seed: int, example: dict, num_views: int) -> tf.Tensor:
@@ -231,8 +196,7 @@ def make_eval_dataset(
   eval padding), so a masked sum over all batches is exact. `num_batches` pads further with
   all-masked batches so that every host runs the same number of eval steps.
   """
-  if cache:
-    source_ds = source_ds.cache()
+  source_ds = sources.as_source(source_ds).ordered(cache)
 
   def preprocess(example: dict) -> dict:
     if 'encoded' not in example:

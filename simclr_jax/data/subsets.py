@@ -6,8 +6,6 @@ labels of the whole split: per class, a permutation from (seed, class) keeps the
 round(fraction * class size) examples (at least 1), or exactly `per_class` of them.
 """
 
-import dataclasses
-
 import numpy as np
 
 # TensorFlow only for the tf.data paths below; `balanced_subset` also serves device-resident data.
@@ -26,10 +24,9 @@ def split_labels(dataset: str, split: str, *, folder: str = '', data_dir: str | 
     root = sources.demo_data_dir() if dataset == 'demo' else folder
     _, labels, _ = sources._list_folder(root, split)  # File listing only: no decoding.
     return np.asarray(labels, np.int64)
-  builder = tfds.builder(dataset, data_dir=data_dir)
-  labels = builder.as_dataset(
-    split=split, shuffle_files=False, decoders={'image': tfds.decode.SkipDecoding()}
-  ).map(lambda example: example['label'])
+  # The source's own split order (shard files in order), so that label i is example index i.
+  source = sources.load(dataset, split, data_dir=data_dir, decode=False)
+  labels = source.dataset.map(lambda example: example['label'])
   return np.fromiter(tfds.as_numpy(labels), np.int64)
 
 
@@ -52,22 +49,14 @@ def balanced_subset(
   return np.sort(np.concatenate(chosen)) if chosen else np.zeros([0], np.int64)
 
 
-def restrict(source, indices: np.ndarray, process_index: int, process_count: int):
-  """The examples of `source` whose index is in `indices` (keeps each host's share)."""
-  keep = np.zeros([source.num_examples], bool)
-  keep[indices] = True
-  keep_table = tf.constant(keep)
-  host_count = int(np.sum(indices % process_count == process_index))
-  dataset = source.dataset.filter(lambda example: tf.gather(keep_table, example['index']))
-  # Known cardinality lets the pipeline resume by arithmetic instead of re-reading.
-  dataset = dataset.apply(tf.data.experimental.assert_cardinality(host_count))
-  return dataclasses.replace(
-    source, dataset=dataset, num_examples=len(indices), num_host_examples=host_count)
+def restrict(source, indices: np.ndarray):
+  """The examples of `source` whose index is in `indices` (each host keeps its own share)."""
+  return source.restrict(indices)
 
 
 def hide_labels_outside(source, indices: np.ndarray):
   """All examples, with label -1 except those in `indices` (distillation's labelled part)."""
-  keep = np.zeros([source.num_examples], bool)
+  keep = np.zeros([source.split_size], bool)
   keep[indices] = True
   keep_table = tf.constant(keep)
 
@@ -75,4 +64,4 @@ def hide_labels_outside(source, indices: np.ndarray):
     labelled = tf.gather(keep_table, example['index'])
     return {**example, 'label': tf.where(labelled, example['label'], -1)}
 
-  return dataclasses.replace(source, dataset=source.dataset.map(relabel))
+  return source.map(relabel)

@@ -1,0 +1,196 @@
+"""ImageNet-shaped input on a pod, on a locally written fake ImageNet (tests/fake_imagenet.py).
+
+Checked: the split order is the shard files' record order (read independently with tf.train
+.Example); 2 and 4 processes each read 1/P of the dataset's bytes (within one shard) and
+together every example once; a mid-epoch resume reads at most one window (shuffle buffer plus
+one shard) and continues the uninterrupted stream exactly; the host's memory stays flat over two
+epochs of the ImageNet configs' data settings; the cache rule never caches decoded ImageNet.
+Bytes read are the kernel's count (/proc/self/io rchar), not the code's own bookkeeping.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import fake_imagenet
+from simclr_jax.data import sources
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_TRAIN, SHARDS = 320, 16  # 20 records (~1.2 MB) per shard file.
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp('tfds'))
+  fake_imagenet.write(root, num_train=NUM_TRAIN, num_validation=32, shards=SHARDS)
+  return root
+
+
+def _load(data_dir, **kwargs):
+  return sources.load(fake_imagenet.NAME, 'train', data_dir=data_dir, decode=False, **kwargs)
+
+
+def test_split_order_is_the_shard_files_record_order(data_dir):
+  files = fake_imagenet.shard_files(data_dir)
+  assert len(files) == SHARDS
+  spec = {'label': tf.io.FixedLenFeature([], tf.int64), 'image': tf.io.FixedLenFeature([], tf.string)}
+  expected = [tf.io.parse_single_example(record, spec) for record in tf.data.TFRecordDataset(files)]
+  source = _load(data_dir)
+  assert source.shards is not None and source.num_examples == NUM_TRAIN
+  examples = list(source.dataset.as_numpy_iterator())
+  assert [int(x['index']) for x in examples] == list(range(NUM_TRAIN))
+  assert [int(x['label']) for x in examples] == [int(x['label']) for x in expected]
+  assert all(x['encoded'] == y['image'].numpy() for x, y in zip(examples, expected))
+  decoded = sources.load(fake_imagenet.NAME, 'train', data_dir=data_dir, max_examples=3)
+  assert [x['image'].shape for x in decoded.dataset.as_numpy_iterator()] == [
+    tf.io.decode_jpeg(y['image']).shape for y in expected[:3]]
+
+
+# ----------------------------------------------------------------------------- reads per process
+
+_DRIVER = r'''
+import itertools, json, sys
+from simclr_jax.data import sources
+
+def rchar():
+  with open('/proc/self/io') as f:
+    return int(next(line for line in f if line.startswith('rchar')).split()[1])
+
+data_dir, index, count, start, take, buffer = sys.argv[1], *map(int, sys.argv[2:])
+source = sources.load('fake_imagenet', 'train', data_dir=data_dir, decode=False,
+                      process_index=index, process_count=count)
+before = rchar()  # Listing done (dataset_info.json): what follows is reading the data.
+stream = source.epochs(seed=7, shuffle_buffer=buffer, start_example=start, process_index=index)
+examples = list(itertools.islice(stream.as_numpy_iterator(), take or source.num_host_examples))
+after = rchar()
+print(json.dumps({'indices': [int(x['index']) for x in examples],
+                  'epochs': [int(x['epoch']) for x in examples],
+                  'host_indices': source.host_indices.tolist(), 'bytes': after - before}))
+'''
+
+
+def _drive(data_dir, index, count, start=0, take=0, buffer=30):
+  """Runs the driver as process `index` of `count`; returns it (not yet waited for)."""
+  env = {**os.environ, 'PYTHONPATH': REPO, 'TF_CPP_MIN_LOG_LEVEL': '3'}
+  return subprocess.Popen(
+    [sys.executable, '-c', _DRIVER, data_dir, str(index), str(count), str(start), str(take),
+     str(buffer)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+
+
+def _result(process) -> dict:
+  out, err = process.communicate(timeout=300)
+  assert process.returncode == 0, err[-3000:]
+  return json.loads(out.strip().splitlines()[-1])
+
+
+def _sizes(data_dir) -> list[int]:
+  return [os.path.getsize(f) for f in fake_imagenet.shard_files(data_dir)]
+
+
+@pytest.mark.parametrize('count', [2, 4])
+def test_each_process_reads_only_its_share_of_the_files(data_dir, count):
+  results = [_result(p) for p in [_drive(data_dir, i, count) for i in range(count)]]
+  sizes = _sizes(data_dir)
+  total, largest = sum(sizes), max(sizes)
+  seen = []
+  for result in results:
+    assert sorted(result['indices']) == result['host_indices']  # One epoch: each example once.
+    seen += result['indices']
+    # The kernel's count of bytes read: 1/P of the dataset, give or take one shard.
+    assert abs(result['bytes'] - total / count) <= largest + 64 * 1024, (result['bytes'], total)
+  assert sorted(seen) == list(range(NUM_TRAIN))  # Disjoint and covering.
+
+
+def test_mid_epoch_resume_reads_one_window_and_continues_the_stream(data_dir):
+  start, take = 410, 20  # Epoch 1, examples 90-109: all in the epoch's third window.
+  full = _drive(data_dir, 0, 1, start=0, take=start + take)
+  resumed = _drive(data_dir, 0, 1, start=start, take=take)
+  full, resumed = _result(full), _result(resumed)
+  assert resumed['indices'] == full['indices'][start:]  # Examples and order exact.
+  assert resumed['epochs'] == full['epochs'][start:] == [1] * take
+  # A window is ceil(shuffle buffer 30 / 20 records) = 2 shards (the buffer plus at most one
+  # shard): the resume reads that window and nothing before it.
+  assert resumed['bytes'] <= 2 * max(_sizes(data_dir)) + 64 * 1024, resumed['bytes']
+  assert full['bytes'] > 10 * resumed['bytes']  # Reading up to there costs 1.3 epochs.
+
+
+def test_the_window_shuffle_mixes_shards_and_changes_every_epoch(data_dir):
+  source = _load(data_dir)
+  stream = source.epochs(seed=0, shuffle_buffer=60, process_index=0)
+  indices = [int(x['index']) for x in stream.take(2 * NUM_TRAIN).as_numpy_iterator()]
+  first, second = indices[:NUM_TRAIN], indices[NUM_TRAIN:]
+  assert sorted(first) == sorted(second) == list(range(NUM_TRAIN))
+  assert first != second
+  shards_of_first_60 = {i // 20 for i in first[:60]}
+  assert len(shards_of_first_60) == 3  # A window of 3 shards, fully mixed:
+  assert len({i // 20 for i in first[:20]}) == 3  # the first 20 already come from all three.
+
+
+# ----------------------------------------------------------------------------- memory and cache
+
+_MEMORY_DRIVER = r'''
+import json, resource, sys
+from configs import r50_1x
+from simclr_jax.data import input as data_input
+
+def rss_mb():
+  with open('/proc/self/status') as f:
+    return int(next(l for l in f if l.startswith('VmRSS')).split()[1]) / 1024
+
+config = r50_1x.get_config()
+config.data.dataset, config.data.tfds_data_dir = 'fake_imagenet', sys.argv[1]
+config.data.image_size = int(sys.argv[2])
+config.train.global_batch_size = 32
+data = data_input.make_pretrain_data(config)
+batches = data.batches(0)
+steps_per_epoch = data.num_examples // 32
+marks = []
+for epoch in range(3):
+  for _ in range(steps_per_epoch):
+    next(batches)
+  marks.append(rss_mb())
+print(json.dumps({'rss_mb': marks, 'cache': config.data.cache,
+                  'decode_crop_only': config.data.decode_crop_only}))
+'''
+
+
+@pytest.mark.slow
+def test_host_memory_is_flat_across_epochs_with_the_imagenet_settings(data_dir):
+  env = {**os.environ, 'PYTHONPATH': REPO, 'TF_CPP_MIN_LOG_LEVEL': '3'}
+  run = subprocess.run([sys.executable, '-c', _MEMORY_DRIVER, data_dir, '96'], capture_output=True,
+                       text=True, env=env, cwd=REPO, timeout=900)
+  assert run.returncode == 0, run.stderr[-3000:]
+  result = json.loads(run.stdout.strip().splitlines()[-1])
+  assert not result['cache'] and result['decode_crop_only']
+  first, second, third = result['rss_mb']
+  # Nothing accumulates: epochs 2 and 3 end where epoch 1 ended (allocator noise aside).
+  assert max(second, third) - first < 100, result['rss_mb']
+
+
+def test_cache_rule_caches_what_fits_and_logs_it(data_dir, monkeypatch):
+  imagenet = _load(data_dir)
+  decoded_imagenet = sources.load(fake_imagenet.NAME, 'train', data_dir=data_dir)
+  assert decoded_imagenet.decoded_bytes == 0  # JPEGs of unknown size: never cached decoded.
+  assert imagenet.encoded_bytes > 0
+  assert decoded_imagenet._cache_kind(True) == 'encoded'  # 19 MB fits in this host's RAM.
+  demo = sources.load('demo', 'train')
+  assert demo.decoded_bytes == 1000 * 32 * 32 * 3  # From the PNG headers.
+  assert demo._cache_kind(True) == 'decoded' and demo._cache_kind(False) == ''
+  monkeypatch.setattr(sources, 'host_ram_bytes', lambda: 4 * demo.encoded_bytes - 4)
+  assert demo._cache_kind(True) == ''  # Even the encoded bytes exceed a quarter of the RAM.
+  monkeypatch.setattr(sources, 'host_ram_bytes', lambda: 4 * demo.decoded_bytes - 4)
+  assert demo._cache_kind(True) == 'encoded'
+  # The stream is the same whatever the cache holds.
+  kinds = {}
+  for ram in (0, 4 * demo.decoded_bytes - 4, 10 * demo.decoded_bytes):
+    monkeypatch.setattr(sources, 'host_ram_bytes', lambda ram=ram: ram)
+    stream = demo.epochs(seed=1, shuffle_buffer=64, cache=True).take(50)
+    kinds[demo._cache_kind(True)] = [(int(x['index']), x['image'].sum())
+                                     for x in stream.as_numpy_iterator()]
+  assert set(kinds) == {'', 'encoded', 'decoded'}
+  assert kinds[''] == kinds['encoded'] == kinds['decoded']
