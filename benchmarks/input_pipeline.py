@@ -11,7 +11,8 @@ Sources, from the embedded CIFAR-10 demo photos:
     (`sources.load(decode=True)`), 'crop_decode' passes the bytes (`decode=False`) and the train
     views decode only their crop windows (`decode_and_crop_jpeg`).
 Host modes: 'crop_flip' (`make_finetune_dataset`), 'full' (`make_pretrain_dataset`: two views,
-colour jitter, blur at 224) and, at 224, 'raw' (`make_raw_dataset` to 256 px uint8: all the host
+colour jitter, blur at 224), at 224 'geometry' (two views, crop + flip only: the host's share
+when colour and blur run on the device) and 'raw' (`make_raw_dataset` to 256 px uint8: all the host
 does with augmentation on device); images/s of source images and per CPU core. Device mode:
 `device_augment.pretrain_views` / `finetune_views` jitted on a uint8 batch already on device.
 """
@@ -78,6 +79,10 @@ def host_images_per_s(images, image_size: int, mode: str, batch: int, batches: i
     dataset = pipeline.make_raw_dataset(source, raw_size=256, **common_args)
   elif mode == 'crop_flip':
     dataset = pipeline.make_finetune_dataset(source, image_size=image_size, **common_args)
+  elif mode == 'geometry':  # Two views, crop + flip only: the host's part if colour is on device.
+    dataset = pipeline.make_pretrain_dataset(
+      source, color_jitter_strength=0.0, use_blur=False, num_local_devices=1,
+      image_size=image_size, **common_args)
   else:
     dataset = pipeline.make_pretrain_dataset(
       source, color_jitter_strength=0.5 if image_size <= 32 else 1.0,
@@ -128,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
   rows = []
   for image_size in (int(s) for s in args.sizes.split(',')):
     paths = args.paths.split(',') if image_size > 32 else ['decoded']
-    modes = ('crop_flip', 'full', 'raw') if image_size > 32 else ('crop_flip', 'full')
+    modes = ('crop_flip', 'full', 'geometry', 'raw') if image_size > 32 else ('crop_flip', 'full')
     for mode, path in itertools.product(modes, paths):
       row = {'image_size': image_size, 'mode': mode, 'path': path}
       if not args.skip_host:
@@ -136,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
                                  args.jpeg_side, args.jpeg_noise)
         row.update(host_images_per_s=host, host_images_per_s_per_core=host / cores)
       # Device augmentation does not depend on the host path: measured once per mode.
-      if not args.skip_device and mode != 'raw' and path == paths[0]:
+      if not args.skip_device and mode in ('crop_flip', 'full') and path == paths[0]:
         device, compile_s = device_images_per_s(images, image_size, mode, args.batch,
                                                 args.batches)
         row.update(device_images_per_s=device, device_compile_s=compile_s)
