@@ -40,14 +40,15 @@ def _all(key, images_uint8, size, strength):
   return jnp.stack(device_augment.pretrain_views(key, images_uint8, size, strength, True, 'batch'))
 
 
-def main():
+def main(argv: list[str] | None = None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--accelerator-type', default='v4-64')
   parser.add_argument('--batch-per-device', type=int, default=128)
   parser.add_argument('--size', type=int, default=224)
   parser.add_argument('--raw-size', type=int, default=256)
   parser.add_argument('--strength', type=float, default=1.0)
-  args = parser.parse_args()
+  parser.add_argument('--output', default='')
+  args = parser.parse_args(argv)
   tpu_slice = tpu_slices.parse_accelerator_type(args.accelerator_type)
   devices = tpu_slices.slice_devices(tpu_slice)
   mesh = Mesh(np.asarray(devices), ('data',))
@@ -68,6 +69,7 @@ def main():
         f'{s} px')
   print('| split | host ships per image | TFLOP/dev | GB/dev | roofline ms | bound |')
   print('|---|---|---|---|---|---|')
+  rows = []
   for name, (fn, spec, in_spec) in splits.items():
     def per_device(key, images, fn=fn):
       return fn(jax.random.fold_in(key, jax.lax.axis_index('data')), images)
@@ -80,8 +82,15 @@ def main():
     flops, accessed = float(cost.get('flops', 0.0)), float(cost.get('bytes accessed', 0.0))
     compute, memory = flops / peak, accessed / bandwidth
     shipped = 2 * s * s * 3 if name == 'colour' else args.raw_size ** 2 * 3
+    rows.append({'split': name, 'shipped_bytes': shipped, 'tflop_per_device': flops / 1e12,
+                 'gb_per_device': accessed / 1e9, 'roofline_ms': 1e3 * max(compute, memory)})
     print(f'| {name} | {shipped / 1e3:.0f} KB uint8 | {flops / 1e12:.3f} | {accessed / 1e9:.2f} | '
           f'{1e3 * max(compute, memory):.2f} | {"compute" if compute >= memory else "memory"} |')
+
+  results = {'accelerator_type': args.accelerator_type, 'batch_per_device': b, 'size': s,
+             'rows': rows}
+  common.write_json(args.output, 'augment_seam', results)
+  return results
 
 
 if __name__ == '__main__':

@@ -45,6 +45,16 @@ def test_ntxent_scaling(tmp_path):
   assert result['slope_vs_devices'] < 0  # Fewer rows per device, less memory.
 
 
+def test_augment_seam_compiles_the_device_part_for_a_tpu_slice(tmp_path):
+  result = _run('augment_seam', tmp_path, ['--accelerator-type=v5litepod-4', '--batch-per-device=2',
+                                           '--size=32', '--raw-size=40'])
+  rows = {row['split']: row for row in result['rows']}
+  assert set(rows) == {'colour', 'all'}
+  assert rows['colour']['shipped_bytes'] == 2 * 32 * 32 * 3 and rows['all']['shipped_bytes'] == 4800
+  for row in rows.values():  # Colour and blur are arithmetic: XLA counts FLOPs and bytes.
+    assert row['tflop_per_device'] > 0 and row['gb_per_device'] > 0 and row['roofline_ms'] > 0
+
+
 def test_input_pipeline(tmp_path):
   result = _run('input_pipeline', tmp_path, ['--batch=8', '--batches=1', '--sizes=32'])
   modes = [(r['image_size'], r['mode']) for r in result['rows']]
