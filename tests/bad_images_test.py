@@ -182,3 +182,13 @@ def test_training_skips_bad_images_and_reports_them_in_results(class_folder, tmp
   assert expected > 0
   assert results['num_skipped_images'] == expected
   assert len(results['skipped_images']) == expected
+
+
+def test_images_over_the_pixel_cap_are_skipped_with_the_reason(tmp_path, monkeypatch):
+  Image.fromarray(RGB).save(tmp_path / 'ok.png')
+  Image.new('RGB', (300, 200)).save(tmp_path / 'huge.png')  # Over a cap lowered for the test.
+  monkeypatch.setattr(image_check, 'MAX_PIXELS', 300 * 200 - 1)
+  source = sources.from_folder(str(tmp_path), 'train')
+  assert source.num_examples == 1 and source.skipped_paths == (str(tmp_path / 'huge.png'),)
+  verdict = image_check._verdicts[next(k for k in image_check._verdicts if k[0].endswith('huge.png'))]
+  assert verdict.startswith('300x200 = 0 MP is over the 0 MP cap (image_check.MAX_PIXELS)')

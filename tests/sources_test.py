@@ -5,6 +5,7 @@ import types
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
@@ -152,3 +153,18 @@ def test_tfds_missing_split_and_unprepared_dataset(monkeypatch, tmp_path):
   monkeypatch.setattr(sources, '_tfds_builder', lambda name, data_dir: prepared)
   with pytest.raises(ValueError, match="has no split 'validation' \\(has: train\\)"):
     sources.load('cifar10', 'validation')
+
+
+def test_big_jpegs_are_decoded_at_reduced_scale_small_ones_whole(tmp_path):
+  rng = np.random.default_rng(0)
+  for name, (height, width) in {'big.jpg': (1600, 2000), 'small.jpg': (300, 400)}.items():
+    Image.fromarray(rng.integers(0, 256, (height, width, 3), np.uint8)).save(tmp_path / name)
+  # Training at 32 px keeps the shorter side >= 4 x 32 = 128: 1600 px -> 1/8 (200), 300 -> 1/2.
+  source = sources.load('folder', 'train', folder=str(tmp_path), min_decoded_side=128)
+  big, small = [x['image'] for x in _examples(source)]
+  encoded = (tmp_path / 'big.jpg').read_bytes()
+  np.testing.assert_array_equal(big, tf.io.decode_jpeg(encoded, channels=3, ratio=8).numpy())
+  assert big.shape == (200, 250, 3) and small.shape == (150, 200, 3)
+  # At 224 px (min side 896) neither is reduced: ImageNet-sized photos decode whole, as officially.
+  whole = sources.load('folder', 'train', folder=str(tmp_path), min_decoded_side=896)
+  assert [x['image'].shape for x in _examples(whole)] == [(1600, 2000, 3), (300, 400, 3)]

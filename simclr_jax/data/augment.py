@@ -179,6 +179,13 @@ def _union_box(boxes: tf.Tensor) -> tf.Tensor:
   return tf.concat([top_left, bottom_right - top_left], axis=0)
 
 
+def slice_crop(image: tf.Tensor, box_fn) -> tuple[tf.Tensor, tf.Tensor]:
+  """`decode_crop` for a decoded uint8 image: (image[box_fn(shape)], shape), no copy to float."""
+  shape = tf.shape(image)
+  box = box_fn(shape)
+  return image[box[0]:box[0] + box[2], box[1]:box[1] + box[3]], shape
+
+
 def encoded_train_views(
   encoded: tf.Tensor,
   seeds: tf.Tensor,
@@ -193,12 +200,30 @@ def encoded_train_views(
   columns noted in `decode_crop`. The image is decoded once, over the smallest window that holds
   every view's crop (two random crops rarely cover the whole image), and each view slices it.
   """
+  return train_views(lambda box_fn: decode_crop(encoded, box_fn), seeds, image_size,
+                     color_jitter_strength, flip)
+
+
+def decoded_train_views(
+  image: tf.Tensor, seeds: tf.Tensor, image_size: int, color_jitter_strength: float,
+  flip: bool = True,
+) -> list[tf.Tensor]:
+  """`preprocess_for_train(image / 255, seeds[i], ...)` for each seed, exactly, of a uint8 image,
+  converting only the window the crops need to float (a 12 MP photo is 144 MB as float32)."""
+  return train_views(lambda box_fn: slice_crop(image, box_fn), seeds, image_size,
+                     color_jitter_strength, flip)
+
+
+def train_views(
+  read_window, seeds: tf.Tensor, image_size: int, color_jitter_strength: float, flip: bool = True
+) -> list[tf.Tensor]:
+  """The views of one image given `read_window(box_fn) -> (uint8 window, image shape)`."""
   view_seeds = [_split(seeds[i], 3) for i in range(seeds.shape[0])]  # crop, flip, colour each.
 
   def boxes(shape: tf.Tensor) -> tf.Tensor:
     return tf.stack([distorted_crop_box(shape, s[0]) for s in view_seeds])  # [V, 4]
 
-  window, shape = decode_crop(encoded, lambda shape: _union_box(boxes(shape)))
+  window, shape = read_window(lambda shape: _union_box(boxes(shape)))
   window = tf.image.convert_image_dtype(window, tf.float32)
   view_boxes = boxes(shape)
   origin = _union_box(view_boxes)[:2]

@@ -72,11 +72,8 @@ def _train_views(
   if 'encoded' in example:
     return augment.encoded_train_views(
       example['encoded'], seeds, image_size, color_jitter_strength)
-  image = _to_float(example['image'])
-  return [
-    augment.preprocess_for_train(image, seeds[i], image_size, color_jitter_strength)
-    for i in range(seeds.shape[0])
-  ]
+  # Cropped in uint8, converted after: memory follows the crop, not the photo.
+  return augment.decoded_train_views(example['image'], seeds, image_size, color_jitter_strength)
 
 
 def _map_examples(dataset: tf.data.Dataset, fn, ignore_decode_errors: bool) -> tf.data.Dataset:
@@ -199,7 +196,11 @@ def make_eval_dataset(
   source_ds = sources.as_source(source_ds).ordered(cache)
 
   def preprocess(example: dict) -> dict:
-    if 'encoded' not in example:
+    if 'encoded' not in example and image_size > 32:  # Centre crop in uint8, then float.
+      window, _ = augment.slice_crop(
+        example['image'], lambda shape: augment.center_crop_box(shape, crop_proportion))
+      image = augment.preprocess_for_eval(_to_float(window), image_size, crop_proportion=1.0)
+    elif 'encoded' not in example:
       image = augment.preprocess_for_eval(_to_float(example['image']), image_size, crop_proportion)
     elif image_size > 32:
       # Decode only the centre square; cropping that square again with proportion 1 is a no-op.

@@ -103,8 +103,26 @@ def _to_rgb(image: tf.Tensor) -> tf.Tensor:
   return image
 
 
-def _decode_bytes(encoded: tf.Tensor) -> tf.Tensor:
-  image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+def _decode_bytes(encoded: tf.Tensor, min_side: int = 0) -> tf.Tensor:
+  """uint8 [H, W, 3]; JPEGs whose shorter side is >= 2 * min_side (min_side > 0) are decoded at
+  1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling), the smallest keeping the side >= min_side."""
+
+  def whole() -> tf.Tensor:
+    return tf.io.decode_image(encoded, channels=3, expand_animations=False)
+
+  if min_side <= 0:
+    image = whole()
+  else:
+
+    def jpeg() -> tf.Tensor:
+      shape = tf.image.extract_jpeg_shape(encoded)
+      shorter = tf.minimum(shape[0], shape[1])
+      branch = tf.reduce_sum(tf.cast(shorter >= min_side * tf.constant([2, 4, 8]), tf.int32))
+      return tf.switch_case(branch, [
+        lambda ratio=ratio: tf.io.decode_jpeg(encoded, channels=3, ratio=ratio)
+        for ratio in (1, 2, 4, 8)])
+
+    image = tf.cond(tf.io.is_jpeg(encoded), jpeg, whole)
   image.set_shape([None, None, 3])
   return image
 
@@ -146,6 +164,8 @@ class Source:
   items: Callable[[], tf.data.Dataset]
   read: Callable[[dict], dict] | None = None  # item -> {'encoded', 'label', 'index'}
   decode: bool = True  # 'encoded' -> 'image' after reading.
+  # Decode big JPEGs at reduced scale, keeping their shorter side >= this (0 = full size).
+  min_decoded_side: int = 0
   shards: _Shards | None = None  # tfds shard files: read directly, in windows (epochs).
   keep: np.ndarray | None = None  # bool [split_size]: the subset trained on; None = all.
   maps: tuple[Callable[[dict], dict], ...] = ()  # Applied to every example after decoding.
@@ -210,7 +230,7 @@ class Source:
     if self.decode and 'encoded' in dataset.element_spec:
 
       def decode(example: dict) -> dict:
-        image = _to_rgb(_decode_bytes(example['encoded']))
+        image = _to_rgb(_decode_bytes(example['encoded'], self.min_decoded_side))
         return {**_without(example, 'encoded'), 'image': image}
 
       dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -419,6 +439,7 @@ def from_folder(
   full_check_max_bytes: int = image_check.FULL_CHECK_MAX_BYTES,
   decode: bool = True,
   max_examples: int = 0,
+  min_decoded_side: int = 0,
 ) -> Source:
   """Images from root/<split>/<class>/*.{jpg,jpeg,png}, or a flat folder (labels -1).
 
@@ -452,6 +473,7 @@ def from_folder(
     items=lambda: tf.data.Dataset.from_tensor_slices(positions),
     read=read,
     decode=decode,
+    min_decoded_side=min_decoded_side,
     decoded_bytes=image_check.decoded_bytes(host_paths),
     encoded_bytes=sum(os.path.getsize(path) for path in host_paths),
     name=f'{root}/{split}',
@@ -506,6 +528,7 @@ def from_tfds(
   process_count: int = 1,
   decode: bool = True,
   max_examples: int = 0,
+  min_decoded_side: int = 0,
 ) -> Source:
   """A prepared tfds dataset; this host reads only the shard files of its contiguous share.
 
@@ -566,6 +589,7 @@ def from_tfds(
     split_size=split_size,
     items=items,
     decode=decode,
+    min_decoded_side=min_decoded_side,
     shards=shards,
     decoded_bytes=decoded_bytes,
     encoded_bytes=encoded_bytes,
@@ -583,14 +607,16 @@ def load(
   process_count: int = 1,
   decode: bool = True,
   max_examples: int = 0,
+  min_decoded_side: int = 0,
 ) -> Source:
   """The `data.dataset` config value -> Source: 'demo', 'folder' (with `folder`) or a tfds name.
 
   decode=False: examples hold the encoded bytes ('encoded') for crop-window decoding in the
-  pipelines; best for large JPEG sets. decode=True: decoded 'image'.
+  pipelines; best for large JPEG sets. decode=True: decoded 'image'. min_decoded_side > 0:
+  JPEGs far larger than that are decoded at 1/2-1/8 scale (`_decode_bytes`).
   """
   options = dict(process_index=process_index, process_count=process_count, decode=decode,
-                 max_examples=max_examples)
+                 max_examples=max_examples, min_decoded_side=min_decoded_side)
   if dataset == 'demo':
     return from_folder(demo_data_dir(), split, **options)
   if dataset == 'folder':
