@@ -35,7 +35,8 @@ FULL_CHECK_MAX_BYTES = 2**30
 # once converted for augmentation; 64 MP is over five 12 MP phone photos' worth.
 MAX_PIXELS = 2**26
 
-_pixels: dict[str, int] = {}  # Path -> width * height from its header (set by find_unreadable).
+# Path -> (height, width, is JPEG) from its header (set by find_unreadable).
+_sizes: dict[str, tuple[int, int, bool]] = {}
 
 _verdicts: dict[tuple[str, int, int, bool], str] = {}  # Key -> '' (readable) or the reason.
 
@@ -52,7 +53,7 @@ def _problem(path: str, size: int, full: bool) -> str:
       if width * height > MAX_PIXELS:
         return (f'{width}x{height} = {width * height / 1e6:.0f} MP is over the '
                 f'{MAX_PIXELS / 1e6:.0f} MP cap (image_check.MAX_PIXELS); downscale it')
-      _pixels[path] = width * height
+      _sizes[path] = (height, width, image.format == 'JPEG')
       if full:
         image.load()  # Decodes every pixel: raises on truncated or corrupt data.
   # Pillow's plugins raise many types on malformed input (OSError, SyntaxError, ValueError,
@@ -94,9 +95,19 @@ def find_unreadable(
   return {key[0]: _verdicts[key] for key in keys if _verdicts[key]}, full
 
 
-def decoded_bytes(paths: Sequence[str]) -> int:
-  """uint8 RGB bytes of the decoded images (headers read by `find_unreadable`); 0 = unknown."""
-  try:
-    return 3 * sum(_pixels[path] for path in paths)
-  except KeyError:
-    return 0
+def decoded_bytes(paths: Sequence[str], min_side: int = 0) -> int:
+  """uint8 RGB bytes of the decoded images (headers read by `find_unreadable`); 0 = unknown.
+
+  With min_side > 0, JPEGs count at the scale `sources._decode_bytes` decodes them (1/2-1/8 while
+  the shorter side stays >= min_side; libjpeg rounds scaled sizes up).
+  """
+  total = 0
+  for path in paths:
+    if path not in _sizes:
+      return 0
+    height, width, is_jpeg = _sizes[path]
+    ratio = 1
+    while is_jpeg and min_side > 0 and ratio < 8 and min(height, width) >= 2 * ratio * min_side:
+      ratio *= 2
+    total += 3 * -(-height // ratio) * -(-width // ratio)
+  return total

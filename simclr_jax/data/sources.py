@@ -474,7 +474,7 @@ def from_folder(
     read=read,
     decode=decode,
     min_decoded_side=min_decoded_side,
-    decoded_bytes=image_check.decoded_bytes(host_paths),
+    decoded_bytes=image_check.decoded_bytes(host_paths, min_decoded_side if decode else 0),
     encoded_bytes=sum(os.path.getsize(path) for path in host_paths),
     name=f'{root}/{split}',
     num_skipped=len(listing.skipped),
