@@ -32,7 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
   data.use_blur = False  # Gaussian blur on both views (True for ImageNet, False for CIFAR).
   data.eval_crop_proportion = 0.875  # Centre crop kept at eval (ignored when image_size <= 32).
   data.shuffle_buffer_multiplier = 10  # Shuffle buffer = this x host batch (official: 10; CIFAR 50).
-  data.cache = True  # Cache decoded images in memory (small datasets only).
+  data.cache = True  # Allow caching: decoded images if they fit in 1/4 of RAM, else encoded, else none.
   data.decode_crop_only = False  # Keep JPEGs encoded; decode only each view's crop window.
   # Device-resident: JAX-only augmentation, no host pipeline, works without TensorFlow.
   data.device_resident = False  # Train split as uint8 on every device; views built in the step.

@@ -8,12 +8,13 @@
 Sources give decoded images ('image': uint8 [H, W, 3]) or encoded bytes ('encoded': tf.string,
 `sources.load(..., decode=False)`); every pipeline takes either. With encoded JPEGs a train view
 decodes only its crop window (`augment.encoded_train_views`, `tf.image.decode_and_crop_jpeg`) and
-eval only the centre crop, which is what large-image sets (ImageNet) want. Small sets that are
-cached (`cache=True`, e.g. the demo PNGs) are better cached decoded: the cache then holds pixels
-and every epoch after the first skips decoding altogether.
+eval only the centre crop, which is what large-image sets (ImageNet) want. What `cache=True`
+keeps (decoded pixels, encoded bytes or nothing) is decided by the source from sizes known before
+reading (sources.py). Decoded images are cropped in uint8 and only the crop becomes float.
 
 Determinism: the stream is a pure function of `seed` (and the host's share of the data).
-  * epoch e is shuffled with a seed derived from (seed, 'shuffle', host, e);
+  * epoch e is a permutation drawn from (seed, 'shuffle', host, e) (`sources.Source.epochs`:
+    shuffled paths for folders, shuffled windows of shard files for tfds);
   * an example's two views use seeds split from (seed, 'augment', e, example index), where the
     index is its position in the whole split (sources.py), so a view does not depend on the
     order in which tf.data happens to run the map, nor on the batch it lands in;
