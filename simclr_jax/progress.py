@@ -57,16 +57,29 @@ class ProgressLog:
 
 
 class _Writers:
-  """Scalars to TensorBoard and the log; hyperparameters to TensorBoard only (people read them
-  in config.json: in the log they were a 3.6 KB line per stage)."""
+  """Scalars to TensorBoard at every log and to the console at most every `console_every_secs`
+  (plus the first and the final step's); hyperparameters to TensorBoard only (people read them
+  in config.json: in the log they were a 3.6 KB line per stage). metrics.jsonl has every log."""
 
-  def __init__(self, summary: Any, log: Any):
+  def __init__(self, summary: Any, log: Any, final_step: int = 0, console_every_secs: float = 30.0):
     self.summary, self.log = summary, log
+    self.final_step, self.console_every_secs = final_step, console_every_secs
+    self._console_time: float | None = None
+    self._console_step = -1
+
+  def _to_console(self, step: int) -> bool:
+    now = time.time()
+    if (step == self._console_step or step == self.final_step or self._console_time is None
+        or now - self._console_time >= self.console_every_secs):
+      self._console_time, self._console_step = now, step
+      return True
+    return False
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
-    for writer in (self.summary, self.log):
-      if writer is not None:
-        writer.write_scalars(step, scalars)
+    if self.summary is not None:
+      self.summary.write_scalars(step, scalars)
+    if self.log is not None and self._to_console(step):
+      self.log.write_scalars(step, scalars)
 
   def write_hparams(self, hparams: Mapping[str, Any]) -> None:
     if self.summary is not None:
@@ -83,12 +96,12 @@ class _Writers:
         writer.close()
 
 
-def create_writer(workdir: str, just_logging: bool):
+def create_writer(workdir: str, just_logging: bool, final_step: int = 0):
   if tensorflow_available():
     from clu import metric_writers
 
     summary = None if just_logging else metric_writers.SummaryWriter(workdir)
-    return _Writers(summary, metric_writers.LoggingWriter())
+    return _Writers(summary, metric_writers.LoggingWriter(), final_step)
   logging.warning('TensorFlow is not installed: metrics go to the log and metrics.jsonl only.')
   return LogWriter()
 

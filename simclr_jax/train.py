@@ -225,7 +225,8 @@ def train_and_evaluate(
                  meta.get('step'))
   start_step = int(jax.device_get(state.step))
 
-  writer = progress.create_writer(workdir, just_logging=jax.process_index() > 0)
+  writer = progress.create_writer(workdir, just_logging=jax.process_index() > 0,
+                                  final_step=total_steps)
   if start_step == 0:
     _write_parameter_table(state.params, workdir)
     writer.write_hparams(_flat_hparams(config))
