@@ -8,7 +8,8 @@ prints XLA's FLOPs and bytes and the roofline time, to set beside the train step
 `python -m simclr_jax.plan` (r50_1x on v4-64: 6.2 TFLOP and 73 ms per step per chip):
   * colour:   the host ships the two cropped, flipped views as uint8 at the model size; the
               device does colour jitter (p=0.8), grayscale (p=0.2) and blur (per-replica sigma);
-  * all:      the host ships one uint8 image at --raw-size; the device also crops, resizes, flips.
+  * all:      the host ships one uint8 canvas of --raw-size (the one data path, views.py); the
+              device also crops, resizes and flips.
 """
 
 import argparse
@@ -36,8 +37,15 @@ def _colour(key, views_uint8, strength):
   return jax.vmap(one_view)(jax.random.split(key, 2), views_uint8)
 
 
-def _all(key, images_uint8, size, strength):
-  return jnp.stack(device_augment.pretrain_views(key, images_uint8, size, strength, True, 'batch'))
+def _all(key, canvases, size, strength):
+  """The one data path's device half (views.py) on canvases holding a full-canvas image each."""
+  from simclr_jax.data import views
+
+  sizes = jnp.full((canvases.shape[0], 2), canvases.shape[1], jnp.int32)
+  keys = jax.random.split(key, canvases.shape[0] + 1)
+  return jnp.stack(views.train_views(
+    keys[1:], canvases, sizes, image_size=size, num_views=2, color_jitter_strength=strength,
+    blur='batch', blur_key=keys[0]))
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -1,4 +1,4 @@
-"""Input throughput: the host tf.data pipeline (per CPU core) against augmentation on device.
+"""Input throughput of the one data path: the host half per CPU core, the device half per device.
 
     python benchmarks/input_pipeline.py --batch=64 --batches=8
 
@@ -7,19 +7,16 @@
 Sources, from the embedded CIFAR-10 demo photos:
   * 32 px: decoded uint8 images held in memory (as data.cache=True after the first epoch);
   * 224 px: the photos upscaled to --jpeg_side square and JPEG-encoded (an ImageNet-like load),
-    read by two host paths (--paths): 'decoded' decodes the whole JPEG in the source
-    (`sources.load(decode=True)`), 'crop_decode' passes the bytes (`decode=False`) and the train
-    views decode only their crop windows (`decode_and_crop_jpeg`).
-Host modes: 'crop_flip' (`make_finetune_dataset`), 'full' (`make_pretrain_dataset`: two views,
-colour jitter, blur at 224), at 224 'geometry' (two views, crop + flip only: the host's share
-when colour and blur run on the device) and 'raw' (`make_raw_dataset` to 256 px uint8: all the host
-does with augmentation on device); images/s of source images and per CPU core. Device mode:
-`device_augment.pretrain_views` / `finetune_views` jitted on a uint8 batch already on device.
+    read by two host paths (--paths): 'decoded' decodes in the source (`sources.load(decode=True)`),
+    'crop_decode' passes the bytes (`decode=False`) and the pipeline decodes them.
+Host ('canvas'): `pipeline.make_train_dataset`, decode and place on the canvas (--canvas, default
+the image size at 32 px and 512 at 224) - all the host does for training; images/s and per core.
+Device: `views.train_views` jitted on a canvas batch already on the device: 'crop_flip' (one view,
+fine-tuning) and 'full' (two views, colour jitter, blur at 224), images/s (source images).
 """
 
 import argparse
 import io
-import itertools
 import os
 import statistics
 import time
@@ -28,7 +25,7 @@ import common  # noqa: F401  (puts the repo root on sys.path)
 import jax
 import numpy as np
 
-from simclr_jax.data import device_augment, device_data
+from simclr_jax.data import device_data
 
 
 def _jpeg_bytes(images: np.ndarray, side: int, noise: float = 0.0) -> list[bytes]:
@@ -68,25 +65,14 @@ def _host_source(images: np.ndarray, image_size: int, path: str, jpeg_side: int,
   return files.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def host_images_per_s(images, image_size: int, mode: str, batch: int, batches: int,
+def host_images_per_s(images, image_size: int, canvas: int, batch: int, batches: int,
                       path: str = 'decoded', jpeg_side: int = 256, noise: float = 0.0) -> float:
   from simclr_jax.data import pipeline
 
-  common_args = dict(seed=0, host_batch_size=batch, shuffle_buffer=4 * batch,
-                     threadpool_size=os.cpu_count())
   source = _host_source(images, image_size, path, jpeg_side, noise)
-  if mode == 'raw':
-    dataset = pipeline.make_raw_dataset(source, raw_size=256, **common_args)
-  elif mode == 'crop_flip':
-    dataset = pipeline.make_finetune_dataset(source, image_size=image_size, **common_args)
-  elif mode == 'geometry':  # Two views, crop + flip only: the host's part if colour is on device.
-    dataset = pipeline.make_pretrain_dataset(
-      source, color_jitter_strength=0.0, use_blur=False, num_local_devices=1,
-      image_size=image_size, **common_args)
-  else:
-    dataset = pipeline.make_pretrain_dataset(
-      source, color_jitter_strength=0.5 if image_size <= 32 else 1.0,
-      use_blur=image_size > 32, num_local_devices=1, image_size=image_size, **common_args)
+  dataset = pipeline.make_train_dataset(
+    source, seed=0, host_batch_size=batch, shuffle_buffer=4 * batch, canvas_size=canvas,
+    threadpool_size=os.cpu_count())
   iterator = dataset.as_numpy_iterator()
   for _ in range(2):  # Warm-up: fills the shuffle buffer and the prefetch.
     next(iterator)
@@ -96,18 +82,27 @@ def host_images_per_s(images, image_size: int, mode: str, batch: int, batches: i
   return batches * batch / (time.perf_counter() - start)
 
 
-def device_images_per_s(images, image_size: int, mode: str, batch: int, batches: int):
-  """(images/s, compile seconds) of device augmentation on a resident uint8 batch."""
-  if image_size > 32:  # Resize on the host once: the device input is then 256 px uint8.
+def device_images_per_s(images, image_size: int, canvas: int, mode: str, batch: int,
+                        batches: int):
+  """(images/s, compile seconds) of the device half on a canvas batch already on the device."""
+  import jax.numpy as jnp
+
+  from simclr_jax.data import views
+
+  side = images.shape[1] if image_size <= 32 else min(canvas, 400)
+  if side != images.shape[1]:  # Upscaled photos on the canvas, as the host would send them.
     from PIL import Image
-    images = np.stack([np.asarray(Image.fromarray(x).resize((256, 256), Image.BICUBIC))
+    images = np.stack([np.asarray(Image.fromarray(x).resize((side, side), Image.BICUBIC))
                        for x in images[:batch]])
-  on_device = jax.device_put(images[:batch])
-  if mode == 'crop_flip':
-    fn = jax.jit(lambda k, x: device_augment.finetune_views(k, x, image_size))
-  else:
-    fn = jax.jit(lambda k, x: device_augment.pretrain_views(
-      k, x, image_size, 0.5 if image_size <= 32 else 1.0, image_size > 32))
+  canvases = np.zeros((batch, canvas, canvas, 3), np.uint8)
+  canvases[:, :side, :side] = images[:batch]
+  on_device = jax.device_put(canvases)
+  sizes = jnp.full((batch, 2), side, jnp.int32)
+  full = mode == 'full'
+  fn = jax.jit(lambda k, x: views.train_views(
+    jax.random.split(k, batch), x, sizes, image_size=image_size, num_views=2 if full else 1,
+    color_jitter_strength=(0.5 if image_size <= 32 else 1.0) if full else 0.0,
+    blur='batch' if full and image_size > 32 else '', blur_key=jax.random.key(5)))
   start = time.perf_counter()
   jax.block_until_ready(fn(jax.random.key(0), on_device))
   compile_s = time.perf_counter() - start
@@ -124,6 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
   parser.add_argument('--paths', default='decoded,crop_decode', help='224 px host paths')
   parser.add_argument('--jpeg_side', type=int, default=256, help='side of the 224 px JPEGs')
   parser.add_argument('--jpeg_noise', type=float, default=0.0, help='noise sd, grey levels')
+  parser.add_argument('--canvas', type=int, default=0, help='canvas side (0: see docstring)')
   parser.add_argument('--skip_host', action='store_true', help='device augmentation only')
   parser.add_argument('--skip_device', action='store_true', help='host pipelines only')
   parser.add_argument('--output', default='')
@@ -132,21 +128,21 @@ def main(argv: list[str] | None = None) -> dict:
   cores = os.cpu_count()
   rows = []
   for image_size in (int(s) for s in args.sizes.split(',')):
-    paths = args.paths.split(',') if image_size > 32 else ['decoded']
-    modes = ('crop_flip', 'full', 'geometry', 'raw') if image_size > 32 else ('crop_flip', 'full')
-    for mode, path in itertools.product(modes, paths):
-      row = {'image_size': image_size, 'mode': mode, 'path': path}
-      if not args.skip_host:
-        host = host_images_per_s(images, image_size, mode, args.batch, args.batches, path,
+    canvas = args.canvas or (image_size if image_size <= 32 else 512)
+    if not args.skip_host:
+      for path in (args.paths.split(',') if image_size > 32 else ['decoded']):
+        host = host_images_per_s(images, image_size, canvas, args.batch, args.batches, path,
                                  args.jpeg_side, args.jpeg_noise)
-        row.update(host_images_per_s=host, host_images_per_s_per_core=host / cores)
-      # Device augmentation does not depend on the host path: measured once per mode.
-      if not args.skip_device and mode in ('crop_flip', 'full') and path == paths[0]:
-        device, compile_s = device_images_per_s(images, image_size, mode, args.batch,
+        rows.append({'image_size': image_size, 'mode': 'canvas', 'path': path, 'canvas': canvas,
+                     'host_images_per_s': host, 'host_images_per_s_per_core': host / cores})
+        print(rows[-1], flush=True)
+    if not args.skip_device:
+      for mode in ('crop_flip', 'full'):
+        device, compile_s = device_images_per_s(images, image_size, canvas, mode, args.batch,
                                                 args.batches)
-        row.update(device_images_per_s=device, device_compile_s=compile_s)
-      rows.append(row)
-      print(row, flush=True)
+        rows.append({'image_size': image_size, 'mode': mode, 'canvas': canvas,
+                     'device_images_per_s': device, 'device_compile_s': compile_s})
+        print(rows[-1], flush=True)
   common.print_table(rows)
   results = {'batch': args.batch, 'cpu_cores': cores, 'jpeg_side': args.jpeg_side,
              'jpeg_noise': args.jpeg_noise, 'rows': rows,

@@ -33,12 +33,11 @@ def get_config() -> ml_collections.ConfigDict:
   data.eval_crop_proportion = 0.875  # Centre crop kept at eval (ignored when image_size <= 32).
   data.shuffle_buffer_multiplier = 10  # Shuffle buffer = this x host batch (official: 10; CIFAR 50).
   data.cache = True  # Allow caching: decoded images if they fit in 1/4 of RAM, else encoded, else none.
-  data.decode_crop_only = False  # Keep JPEGs encoded; decode only each view's crop window.
-  # Device-resident: JAX-only augmentation, no host pipeline, works without TensorFlow.
-  data.device_resident = False  # Train split as uint8 on every device; views built in the step.
-  data.blur_mode = 'batch'  # Device blur: 'batch' = one sigma per device batch (official), 'image'.
-  data.augment_on_device = False  # Host only decodes to raw_image_size; views built on device.
-  data.raw_image_size = 0  # Fixed host size for augment_on_device; 0 = data.image_size.
+  # The host decodes onto a canvas; every augmentation runs on the device (data/views.py).
+  data.canvas_size = 0  # Host canvas side; larger images shrink to fit. 0 = data.image_size.
+  data.blur_mode = 'batch'  # 'batch' = one sigma per device batch (official), 'image' = per image.
+  # Device-resident: the split on every device, no host pipeline, works without TensorFlow.
+  data.device_resident = False  # Train split as uint8 on every device (small datasets).
 
   # ---- Model ------------------------------------------------------------------------------
   config.model = model = ml_collections.ConfigDict()

@@ -29,7 +29,7 @@ def get_config():
   config.data.use_blur = True
   config.data.shuffle_buffer_multiplier = 10
   config.data.cache = False  # Decoded ImageNet is ~0.5 TB: far more than any host's RAM.
-  config.data.decode_crop_only = True  # Decode only each view's crop window (official).
+  config.data.canvas_size = 512  # ImageNet photos are <= 500 px: crops from full resolution.
   config.model.depth = 50
   config.model.width_multiplier = 1.0
   config.model.sk_ratio = 0.0

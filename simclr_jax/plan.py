@@ -98,19 +98,17 @@ def _abstract(tree: Any, shardings: Any) -> Any:
                       shardings)
 
 
-def _train_batch(stage: str, batch_size: int, image_size: int, mesh) -> dict:
-  """The host pipeline's global batch of a stage, as abstract arrays split over `data`."""
+def _train_batch(batch_size: int, canvas_size: int, mesh) -> dict:
+  """The host pipeline's global batch (canvases, pipeline.py), as abstract arrays over `data`."""
   import jax
   import jax.numpy as jnp
 
   from simclr_jax import sharding
 
   data = sharding.data_sharded(mesh)
-  images = jax.ShapeDtypeStruct((batch_size, image_size, image_size, 3), jnp.float32, sharding=data)
-  labels = jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=data)
-  if stage == 'pretrain':
-    return {'view_a': images, 'view_b': images, 'label': labels}
-  return {'image': images, 'label': labels}
+  spec = lambda shape, dtype: jax.ShapeDtypeStruct((batch_size, *shape), dtype, sharding=data)
+  return {'image': spec((canvas_size, canvas_size, 3), jnp.uint8), 'size': spec((2,), jnp.int32),
+          'label': spec((), jnp.int32), 'index': spec((), jnp.int32), 'epoch': spec((), jnp.int32)}
 
 
 _OOM = re.compile(r'([\d.]+)([KMGT])\)? exceeds available HBM \(([\d.]+)([KMGT])')
@@ -131,6 +129,8 @@ def compile_stage(config, stage: str, tpu_slice: Slice, devices: list) -> dict[s
   import jax
 
   from simclr_jax import run, sharding, train, validation
+  from simclr_jax.data import input as data_input
+  from simclr_jax.data import views
 
   derived = run.stage_config(config, stage)
   hosts = len({d.process_index for d in devices})
@@ -150,11 +150,13 @@ def compile_stage(config, stage: str, tpu_slice: Slice, devices: list) -> dict[s
   params = train.abstract_variables(parts.model, size)['params']
   tx, schedule, _ = train.build_optimizer(derived, params, num_examples, parts.trainable)
   state = train.abstract_state(parts.model, tx, size, mesh, shard_state)
+  # The real step: the device half of the input path (views.py) builds the views inside it.
+  prepare = views.make_prepare(derived, stage, sharding.DATA_AXIS)
   step = train.make_train_step(
-    parts.loss_fn, tx, schedule, mesh, parts.trainable,
+    parts.loss_fn, tx, schedule, mesh, parts.trainable, prepare,
     state_sharding=jax.tree.map(lambda x: x.sharding, state) if shard_state else None)
   global_batch = derived.train.global_batch_size
-  batch = _train_batch(stage, global_batch, size, mesh)
+  batch = _train_batch(global_batch, data_input.canvas_size(derived), mesh)
   views = global_batch * (2 if stage == 'pretrain' else 1)
   row = {
     'stage': stage, 'accelerator_type': tpu_slice.accelerator_type,

@@ -80,9 +80,9 @@ def validate_data(data: ml_collections.ConfigDict, model: ml_collections.ConfigD
     f"data.blur_mode={data.blur_mode!r} is unknown; use 'batch' (official) or 'image'",
   )
   _require(
-    data.raw_image_size == 0 or data.raw_image_size >= data.image_size,
-    f'data.raw_image_size={data.raw_image_size} is smaller than data.image_size='
-    f'{data.image_size}; use 0 (= image_size) or a larger size (e.g. 256 for 224 crops)',
+    data.canvas_size == 0 or data.canvas_size >= data.image_size,
+    f'data.canvas_size={data.canvas_size} is smaller than data.image_size='
+    f'{data.image_size}; use 0 (= image_size) or a larger size (e.g. 512 for ImageNet)',
   )
   _require(
     data.shuffle_buffer_multiplier >= 1,

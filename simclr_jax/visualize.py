@@ -136,40 +136,47 @@ def _spread(source, count: int):
 def augmentation_views(
   config: ml_collections.ConfigDict, stage: str = 'pretrain', num_images: int = NUM_IMAGES
 ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, list[str], str]:
-  """(originals, views_1, views_2, class names, description) of train images, fixed seeds.
+  """(originals, views_1, views_2, class names, description) of train images, fixed keys.
 
-  The views are those of the stage's pipeline (data/pipeline.py) with seeds from
-  (config.seed, example index): pretraining's SimCLR views, or crop + flip for the others.
+  What training sees: each image placed on the host's canvas (data/pipeline.py) and two views
+  built by the device half (data/views.py) with the keys of epoch 0: pretraining's SimCLR views
+  (the per-replica blur as for one device at step 0), or two crop + flip views for the others.
   """
-  import tensorflow as tf
+  import jax
+  import jax.numpy as jnp
 
-  from simclr_jax.data import augment
+  from simclr_jax.data import input as data_input
+  from simclr_jax.data import pipeline, views as views_lib
 
   data = config.data
   source = _load_split(config, data.train_split)
   pretrain = stage == 'pretrain'
   jitter = data.color_jitter_strength if pretrain else 0.0
-  originals, views, titles = [], [[], []], []
+  blur = data.blur_mode if pretrain and data.use_blur else ''
+  canvas_size = data_input.canvas_size(config)
+  originals, canvases, sizes, indices, titles = [], [], [], [], []
   for example in _spread(source, num_images):
-    image = tf.image.convert_image_dtype(example['image'], tf.float32)
-    root = tf.stack([tf.constant(config.seed, tf.int64), tf.cast(example['index'], tf.int64)])
-    seeds = tf.random.experimental.stateless_split(root, num=3)
-    for view in range(2):
-      views[view].append(augment.preprocess_for_train(image, seeds[view], data.image_size, jitter))
+    canvas, size = pipeline.to_canvas(example['image'], canvas_size)
+    canvases.append(canvas.numpy())
+    sizes.append(size.numpy())
+    indices.append(int(example['index']))
     originals.append(example['image'].numpy())
     label = int(example['label'])
     titles.append(source.class_names[label] if 0 <= label < len(source.class_names) else '')
   if not originals:
     raise ValueError(f'data.train_split={data.train_split!r} has no images; check data.dataset')
-  views = [tf.stack(v) for v in views]
-  blur = pretrain and data.use_blur
-  if blur:  # Batch-level, as in the pipeline (one group: one device's slice).
-    blur_seeds = tf.random.experimental.stateless_split(seeds[2], num=2)
-    views = [augment.batch_random_blur(v, blur_seeds[i], num_groups=1) for i, v in enumerate(views)]
+  keys = views_lib.example_keys(config.seed, jnp.zeros(len(indices), jnp.int32),
+                                jnp.asarray(indices, jnp.int32))
+  blur_key = jax.random.fold_in(jax.random.key(config.seed), views_lib.BLUR_PURPOSE)
+  blur_key = jax.random.fold_in(jax.random.fold_in(blur_key, 0), 0)
+  first, second = views_lib.train_views(
+    keys, jnp.asarray(np.stack(canvases)), jnp.asarray(np.stack(sizes)),
+    image_size=data.image_size, num_views=2, color_jitter_strength=jitter, blur=blur,
+    blur_key=blur_key)
   what = (f'crop, flip, colour (s={jitter:g})' + (', blur' if blur else '')) if pretrain \
     else 'crop, flip'
   description = f'{stage} views of {data.dataset}/{data.train_split}: {what}'
-  return originals, views[0].numpy(), views[1].numpy(), titles, description
+  return originals, np.asarray(first), np.asarray(second), titles, description
 
 
 def encoder_features(
@@ -187,7 +194,7 @@ def encoder_features(
   import tensorflow as tf
 
   from simclr_jax import checkpoints, train
-  from simclr_jax.data import augment
+  from simclr_jax.data import eval_view
 
   model_config = config
   if variables is None:
@@ -206,7 +213,7 @@ def encoder_features(
 
   def preprocess(example):
     image = tf.image.convert_image_dtype(example['image'], tf.float32)
-    return augment.preprocess_for_eval(image, data.image_size, data.eval_crop_proportion), \
+    return eval_view.preprocess_for_eval(image, data.image_size, data.eval_crop_proportion), \
       example['label']
 
   batch_size = min(FEATURE_BATCH, max_points)

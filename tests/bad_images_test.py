@@ -109,14 +109,11 @@ def test_pretrain_batches_from_a_folder_with_bad_and_tiny_images(tmp_path):
   _write_images(tmp_path)  # A flat folder: labels -1.
   source = sources.from_folder(str(tmp_path), 'train')
   assert source.num_examples == len(GOOD) and source.num_skipped == len(BAD)
-  dataset = pipeline.make_pretrain_dataset(
-    source.dataset, seed=0, host_batch_size=4, image_size=32, color_jitter_strength=0.5,
-    use_blur=True, num_local_devices=2, shuffle_buffer=8, threadpool_size=2,
-  )
-  for batch in dataset.take(3).as_numpy_iterator():  # 12 views: more than one epoch.
-    for key in ('view_a', 'view_b'):
-      assert batch[key].shape == (4, 32, 32, 3) and batch[key].dtype == np.float32
-      assert np.all(np.isfinite(batch[key])) and 0 <= batch[key].min() <= batch[key].max() <= 1
+  dataset = pipeline.make_train_dataset(
+    source, seed=0, host_batch_size=4, canvas_size=32, shuffle_buffer=8, threadpool_size=2)
+  for batch in dataset.take(3).as_numpy_iterator():  # 12 images: more than one epoch.
+    assert batch['image'].shape == (4, 32, 32, 3) and batch['image'].dtype == np.uint8
+    assert np.all((batch['size'] >= 1) & (batch['size'] <= 32))
     assert list(batch['label']) == [-1] * 4
   evaluation = pipeline.make_eval_dataset(source.dataset, batch_size=8, image_size=32)
   (batch,) = list(evaluation.as_numpy_iterator())

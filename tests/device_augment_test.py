@@ -1,4 +1,4 @@
-"""Tests for simclr_jax/data/device_augment.py: the TF implementation (augment.py) is the reference.
+"""Tests for simclr_jax/data/device_augment.py: the official TF ops (tests/official_augment.py) are the reference.
 
 Ops are compared pixel-wise with TF; random choices are compared in distribution with the TF
 pipeline over ~2000 draws each (two-sample KS for continuous draws, binomial tolerance for
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_jax.data import augment
+import official_augment as augment
 from simclr_jax.data import device_augment as da
 
 NUM_DRAWS = 2000
@@ -53,21 +53,35 @@ def _image(height: int = 8, width: int = 8) -> np.ndarray:
 
 
 def test_views_shape_dtype_range_determinism_and_blur_modes():
-  images = np.random.default_rng(0).integers(0, 256, (2, 20, 24, 3), dtype=np.uint8)
+  from simclr_jax.data import views
+
+  canvases = np.random.default_rng(0).integers(0, 256, (2, 24, 24, 3), dtype=np.uint8)
+  sizes = jnp.asarray([[20, 24], [24, 17]], jnp.int32)  # Two images on padded canvases.
   # Colour jitter dominates compile time: once with it (per-image blur), once without (batch).
-  for strength, blur_mode in ((1.0, 'image'), (0.0, 'batch')):
-    views = jax.jit(lambda k, x: da.pretrain_views(k, x, 16, strength, True, blur_mode=blur_mode))
-    a, b = views(jax.random.key(0), images)
-    again, _ = views(jax.random.key(0), images)
-    other, _ = views(jax.random.key(1), images)
+  for strength, blur in ((1.0, 'image'), (0.0, 'batch')):
+    make = jax.jit(lambda k: views.train_views(
+      jax.random.split(k, 2), canvases, sizes, image_size=16, num_views=2,
+      color_jitter_strength=strength, blur=blur, blur_key=jax.random.key(9)))
+    a, b = make(jax.random.key(0))
+    again, _ = make(jax.random.key(0))
+    other, _ = make(jax.random.key(1))
     assert a.shape == b.shape == (2, 16, 16, 3) and a.dtype == jnp.float32
     assert 0.0 <= float(a.min()) and float(a.max()) <= 1.0
     np.testing.assert_array_equal(a, again)
     assert not np.allclose(a, b) and not np.allclose(a, other)
-  tuned = da.finetune_views(jax.random.key(0), images, 16)
-  assert tuned.shape == (2, 16, 16, 3) and 0.0 <= float(tuned.min()) <= float(tuned.max()) <= 1.0
-  with pytest.raises(ValueError, match='blur_mode'):
-    da.pretrain_views(jax.random.key(0), images, 20, 0.5, True, blur_mode='replica')
+
+
+def test_padding_of_the_canvas_is_never_read():
+  """A view of an image on a canvas equals the view of the bare image, whatever the padding."""
+  image = np.random.default_rng(1).integers(0, 256, (13, 21, 3), dtype=np.uint8)
+  size = jnp.asarray([13, 21], jnp.int32)
+  bare = jax.jit(jax.vmap(lambda k: da.train_view(k, image, size, 16, 1.0)))
+  keys = jax.random.split(jax.random.key(4), 64)
+  for fill in (0, 255):
+    canvas = np.full((32, 32, 3), fill, np.uint8)
+    canvas[:13, :21] = image
+    padded = jax.jit(jax.vmap(lambda k: da.train_view(k, canvas, size, 16, 1.0)))
+    np.testing.assert_allclose(padded(keys), bare(keys), atol=1e-5)  # Summation order only.
 
 
 @pytest.mark.parametrize('box,size', [((3, 5, 17, 20), 32), ((0, 0, 32, 32), 32),
@@ -108,7 +122,7 @@ def test_grayscale_and_blur_match_tf():
 def test_crop_boxes_same_distribution_as_tf(height, width):
   tf_boxes = _tf_over_seeds(
     lambda s: tf.cast(augment.distorted_crop_box(tf.constant([height, width, 3]), s), tf.float32))
-  jax_boxes = np.asarray(da.crop_boxes(jax.random.key(3), NUM_DRAWS, height, width), np.float32)
+  jax_boxes = np.asarray(_jax_over_keys(lambda k: da.crop_box(k, height, width)), np.float32)
   for boxes in (tf_boxes, jax_boxes):
     y, x, h, w = boxes.T
     assert np.all(y + h <= height) and np.all(x + w <= width) and np.all(y >= 0) & np.all(x >= 0)

@@ -56,15 +56,17 @@ def test_batch_indices_cover_each_epoch_once_and_are_deterministic():
     device_data.batch_indices(0, 0, 11, num_examples)
 
 
-def test_put_on_mesh_replicates_and_gathers():
+def test_put_on_mesh_replicates_canvases_and_sizes():
   mesh = sharding.make_mesh()
   split = device_data.load_split('demo', 'test')
   on_device = device_data.put_on_mesh(mesh, split)
-  assert on_device.images.sharding.is_fully_replicated
-  indices = device_data.batch_indices(0, 0, 16, split.num_examples)
-  batch = jax.jit(device_data.gather)(on_device.images, on_device.labels, indices)
-  np.testing.assert_array_equal(batch['image'], split.images[np.asarray(indices)])
-  np.testing.assert_array_equal(batch['label'], split.labels[np.asarray(indices)])
+  assert on_device.images.sharding.is_fully_replicated and on_device.sizes.sharding.is_fully_replicated
+  np.testing.assert_array_equal(on_device.images, split.images)  # 32 x 32: the canvas is the image.
+  assert np.asarray(on_device.sizes).tolist() == [[32, 32]] * split.num_examples
+  wide = device_data.HostSplit(np.ones((3, 4, 6, 3), np.uint8), np.zeros(3, np.int32), ())
+  padded = device_data.put_on_mesh(mesh, wide)
+  assert padded.images.shape == (3, 6, 6, 3) and np.asarray(padded.sizes).tolist() == [[4, 6]] * 3
+  assert not np.asarray(padded.images)[:, 4:].any()
 
 
 _NO_TF_SCRIPT = textwrap.dedent("""
@@ -72,12 +74,13 @@ _NO_TF_SCRIPT = textwrap.dedent("""
   sys.modules['tensorflow'] = None  # Any `import tensorflow` now raises ImportError.
   sys.modules['tensorflow_datasets'] = None
   import jax
-  from simclr_jax.data import device_augment, device_data
+  import jax.numpy as jnp
+  from simclr_jax.data import device_data, views
   split = device_data.load_split('demo', 'train')
-  images = jax.device_put(split.images)
   indices = device_data.batch_indices(0, 3, 8, split.num_examples)
-  batch = device_data.gather(images, jax.device_put(split.labels), indices)
-  a = device_augment.finetune_views(jax.random.key(0), batch['image'], 32)
+  images = jnp.take(jax.device_put(split.images), indices, axis=0)
+  (a,) = views.train_views(jax.random.split(jax.random.key(0), 8), images,
+                           jnp.full((8, 2), 32, jnp.int32), image_size=32, num_views=1)
   assert a.shape == (8, 32, 32, 3), a.shape
   assert not any(name.startswith('tensorflow') and sys.modules[name] is not None
                  for name in sys.modules)

@@ -3,7 +3,7 @@
 Checked: the split order is the shard files' record order (read independently with tf.train
 .Example); 2 and 4 processes each read 1/P of the dataset's bytes (within one shard) and
 together every example once; a mid-epoch resume reads at most one window (shuffle buffer plus
-one shard) and continues the uninterrupted stream exactly; the host's memory stays flat over two
+one shard) and continues the uninterrupted stream exactly; the host's memory levels off over six
 epochs of the ImageNet configs' data settings; the cache rule never caches decoded ImageNet.
 Bytes read are the kernel's count (/proc/self/io rchar), not the code's own bookkeeping.
 """
@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -150,26 +149,27 @@ data = data_input.make_pretrain_data(config)
 batches = data.batches(0)
 steps_per_epoch = data.num_examples // 32
 marks = []
-for epoch in range(3):
+for epoch in range(6):
   for _ in range(steps_per_epoch):
     next(batches)
   marks.append(rss_mb())
 print(json.dumps({'rss_mb': marks, 'cache': config.data.cache,
-                  'decode_crop_only': config.data.decode_crop_only}))
+                  'canvas_size': config.data.canvas_size}))
 '''
 
 
 @pytest.mark.slow
-def test_host_memory_is_flat_across_epochs_with_the_imagenet_settings(data_dir):
+def test_host_memory_stays_bounded_across_epochs_with_the_imagenet_settings(data_dir):
   env = {**os.environ, 'PYTHONPATH': REPO, 'TF_CPP_MIN_LOG_LEVEL': '3'}
   run = subprocess.run([sys.executable, '-c', _MEMORY_DRIVER, data_dir, '96'], capture_output=True,
                        text=True, env=env, cwd=REPO, timeout=900)
   assert run.returncode == 0, run.stderr[-3000:]
   result = json.loads(run.stdout.strip().splitlines()[-1])
-  assert not result['cache'] and result['decode_crop_only']
-  first, second, third = result['rss_mb']
-  # Nothing accumulates: epochs 2 and 3 end where epoch 1 ended (allocator noise aside).
-  assert max(second, third) - first < 100, result['rss_mb']
+  assert not result['cache'] and result['canvas_size'] == 512
+  late = result['rss_mb'][3:]
+  # tf.data's autotuned buffers grow over the first epochs, then nothing accumulates: caching the
+  # decoded share would add ~130 MB per epoch here (320 photos of ~400 x 350 px).
+  assert max(late) - min(late) < 200, result['rss_mb']
 
 
 def test_cache_rule_caches_what_fits_and_logs_it(data_dir, monkeypatch):

@@ -108,23 +108,6 @@ def test_data_mistakes_end_in_one_line_without_a_traceback(tmp_path):
     'split (data.train_split / data.eval_split) to one of them.')
 
 
-@pytest.mark.slow
-def test_host_decode_with_device_augmentation_trains(tmp_path):
-  """data.augment_on_device + data.decode_crop_only: the host sends encoded-then-decoded uint8
-  at a fixed size and the step builds the views; the loop runs and evaluates exactly."""
-  config = _small_demo()
-  config.train.train_steps = 2
-  config.data.augment_on_device = True
-  config.data.decode_crop_only = True
-  config.data.use_blur = True
-  config.train.plots_at_end = False
-  results = train.train_and_evaluate(config, str(tmp_path))
-  assert results['steps'] == 2 and results['eval_num_examples'] == 200
-  with open(os.path.join(str(tmp_path), 'metrics.jsonl')) as f:
-    first = json.loads(f.readline())
-  assert 0 < first['contrastive_loss'] < 2 * np.log(2 * 32) + 1
-
-
 def _flat_folder(tmp_path, count=48):
   """A flat folder of unlabeled photos (the demo's, without their class folders)."""
   import shutil

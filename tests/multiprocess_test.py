@@ -38,21 +38,17 @@ FLAGS = (
 
 
 def _record_indices(record: dict) -> None:
-  """Every pretrain dataset built also yields, unused, a twin whose labels are example indices."""
-  import tensorflow as tf
-
+  """Every train dataset built also yields, unused, its first batches' example indices."""
   from simclr_jax.data import pipeline
 
-  original = pipeline.make_pretrain_dataset
+  original = pipeline.make_train_dataset
 
-  def recording(source_ds, **kwargs):
-    # Views and order do not depend on labels, so the twin's batches hold the same examples.
-    twin = source_ds.map(lambda x: {**x, 'label': tf.cast(x['index'], tf.int32)})
-    batches = original(twin, **kwargs).take(STEPS).as_numpy_iterator()
-    record['indices'] += [batch['label'].tolist() for batch in batches]
-    return original(source_ds, **kwargs)
+  def recording(source, **kwargs):
+    batches = original(source, **kwargs).take(STEPS).as_numpy_iterator()
+    record['indices'] += [batch['index'].tolist() for batch in batches]
+    return original(source, **kwargs)
 
-  pipeline.make_pretrain_dataset = recording
+  pipeline.make_train_dataset = recording
 
 
 def _record_params(record: dict) -> None:
@@ -110,7 +106,8 @@ def _feed_both_hosts_shares() -> None:
         yield {k: np.concatenate([b[k] for b in host_batches]) for k in host_batches[0]}
 
     return data_input.TrainData(per_host[0].num_examples, per_host[0].num_classes,
-                                per_host[0].class_names, make_iterator)
+                                per_host[0].class_names, make_iterator,
+                                prepare=per_host[0].prepare)
 
   data_input.make_pretrain_data = both_hosts
 

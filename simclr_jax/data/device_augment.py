@@ -1,20 +1,21 @@
-"""SimCLR augmentations as pure, jittable JAX functions (REFERENCE §5, official `data_util.py`).
+"""The SimCLR augmentations: pure, jittable JAX functions (REFERENCE §5, official `data_util.py`).
 
-The same distributions as the tf.data version (`augment.py`), but running on the accelerator
-inside the jitted step, so the host only ships uint8 images (or nothing, with `device_data`).
-Every op takes an explicit key for ONE example and is vmapped over a batch of keys, so a view is
-a pure function of (key, image) and does not depend on the batch it lands in. Random choices
-never branch in Python: each op is computed and kept or discarded with `jnp.where`.
+The one implementation of every random augmentation op. They run on the accelerator inside the
+jitted step (data/views.py), on uint8 images the host only decoded onto a fixed canvas
+(pipeline.py) or that sit on the device already (resident.py). Every op takes an explicit key for
+ONE example and is vmapped over a batch of keys, so a view is a pure function of (key, image)
+and does not depend on the batch it lands in. Random choices never branch in Python: each op is
+computed and kept or discarded with `jnp.where`.
 
-    pretrain_view: random resized crop -> flip -> colour (jitter p=0.8, gray p=0.2) -> clip
-                   [-> per-image Gaussian blur p=0.5 -> clip]
-    finetune_view: random resized crop -> flip
+    train_view:       random resized crop -> flip -> colour (jitter p=0.8, gray p=0.2) -> clip
+                      [-> per-image Gaussian blur p=0.5 -> clip]; crop + flip only at strength 0
+    batch_random_blur: the official blur, one sigma per replica batch
 
-Differences from `augment.py` (the random bits differ, the distributions do not):
-  * Blur: the official code draws ONE sigma per replica batch (`batch_random_blur`). Here the
-    default draws one sigma per image (`blur_mode='image'`), which decorrelates the views of a
-    batch; `blur_mode='batch'` reproduces the official per-batch sigma (call it on one device's
-    batch, e.g. inside `shard_map`, to get one sigma per replica exactly as official).
+Notes against the official TF code:
+  * Blur: official draws ONE sigma per replica batch (`batch_random_blur`, data.blur_mode
+    'batch', called per device inside `shard_map`); 'image' draws one per image instead.
+  * Crop: `tf.image.sample_distorted_bounding_box`'s algorithm (kernel `GenerateRandomCrop`),
+    with JAX random bits: the same distribution, not the same draws.
   * Resize: exact TF2 `resize(bicubic, antialias=False)` of the crop (Keys a=-0.5, half-pixel
     centres, out-of-crop taps dropped and the rest renormalised, as the TF kernel does), written
     as two small matmuls per image. `jax.image.scale_and_translate` would read pixels outside the
@@ -24,7 +25,7 @@ Differences from `augment.py` (the random bits differ, the distributions do not)
 import jax
 import jax.numpy as jnp
 
-# Official `data_util.py` constants (shared with augment.py, restated so TF is not imported).
+# Official `data_util.py` constants.
 MIN_OBJECT_COVERED = 0.1
 ASPECT_RATIO_RANGE = (3.0 / 4.0, 4.0 / 3.0)
 AREA_RANGE = (0.08, 1.0)
@@ -50,8 +51,9 @@ def _lrint(x: jax.Array) -> jax.Array:
   return jnp.round(x).astype(jnp.int32)
 
 
-def crop_box(key: jax.Array, height: int, width: int) -> jax.Array:
-  """One random-resized-crop box [offset_y, offset_x, crop_height, crop_width] (int32).
+def crop_box(key: jax.Array, height: int | jax.Array, width: int | jax.Array) -> jax.Array:
+  """One random-resized-crop box [offset_y, offset_x, crop_height, crop_width] (int32) of an
+  image of (height, width): Python ints or traced int32 scalars (an image on a padded canvas).
 
   `tf.image.sample_distorted_bounding_box` (kernel `GenerateRandomCrop`) with bbox = whole
   image, aspect ~ U(3/4, 4/3), area (0.08, 1), min_object_covered 0.1, 100 attempts. The
@@ -61,12 +63,13 @@ def crop_box(key: jax.Array, height: int, width: int) -> jax.Array:
   k_aspect, k_height, k_y, k_x = jax.random.split(key, 4)
   shape = (MAX_ATTEMPTS,)
   aspect = jax.random.uniform(k_aspect, shape, jnp.float32, *ASPECT_RATIO_RANGE)
-  image_area = float(height * width)
+  height, width = jnp.asarray(height, jnp.int32), jnp.asarray(width, jnp.int32)
+  image_area = (height * width).astype(jnp.float32)
   min_area, max_area = AREA_RANGE[0] * image_area, AREA_RANGE[1] * image_area
   min_height = _lrint(jnp.sqrt(min_area / aspect))
   max_height = _lrint(jnp.sqrt(max_area / aspect))
   # Largest max_height with round(max_height * aspect) <= width (kernel: kEps, then -1 if needed).
-  fit = jnp.floor((width + 0.5 - 1e-7) / aspect).astype(jnp.int32)
+  fit = jnp.floor((width.astype(jnp.float32) + 0.5 - 1e-7) / aspect).astype(jnp.int32)
   fit = jnp.where(_lrint(fit * aspect) > width, fit - 1, fit)
   max_height = jnp.where(_lrint(max_height * aspect) > width, fit, max_height)
   max_height = jnp.minimum(max_height, height)
@@ -92,13 +95,8 @@ def crop_box(key: jax.Array, height: int, width: int) -> jax.Array:
   x = jnp.floor(jax.random.uniform(k_x, shape) * jnp.maximum(width - crop_w, 0)).astype(jnp.int32)
   first = jnp.argmax(valid)
   boxes = jnp.stack([y, x, crop_h, crop_w], axis=-1)  # [attempts, 4]
-  whole = jnp.array([0, 0, height, width], jnp.int32)
+  whole = jnp.stack([jnp.int32(0), jnp.int32(0), height, width])
   return jnp.where(jnp.any(valid), boxes[first], whole)
-
-
-def crop_boxes(key: jax.Array, batch: int, height: int, width: int) -> jax.Array:
-  """[batch, 4] crop boxes (offset_y, offset_x, h, w) for `batch` independent examples."""
-  return jax.vmap(lambda k: crop_box(k, height, width))(jax.random.split(key, batch))
 
 
 def _keys_cubic(distance: jax.Array, a: float = -0.5) -> jax.Array:
@@ -281,65 +279,24 @@ def batch_random_blur(key: jax.Array, images: jax.Array) -> jax.Array:
 # ----------------------------------------------------------------------------- views
 
 
-def pretrain_view(
-  key: jax.Array, image: jax.Array, image_size: int, color_jitter_strength: float,
-  use_blur: bool = False,
+def train_view(
+  key: jax.Array, canvas: jax.Array, size: jax.Array, image_size: int,
+  color_jitter_strength: float, blur_per_image: bool = False,
 ) -> jax.Array:
-  """One SimCLR view [S, S, 3] float32 in [0, 1] of one float [H, W, 3] image in [0, 1].
+  """One training view [S, S, 3] float32 in [0, 1] of one image on a uint8 canvas [C, C, 3].
 
-  With use_blur the blur is per image (see the module docstring for the official per-batch one).
+  The image occupies canvas[:size[0], :size[1]] (the rest is padding, never read: the crop box
+  lies inside the image and the resize weights vanish outside the box). Official order: random
+  resized crop -> flip -> colour (jitter p=0.8, gray p=0.2, when strength > 0) -> clip
+  [-> per-image blur with blur_per_image; the official per-replica blur is `batch_random_blur`].
   """
   k_crop, k_flip, k_color, k_blur = jax.random.split(key, 4)
-  image = random_crop_with_resize(k_crop, image, image_size)
+  box = crop_box(k_crop, size[0], size[1])
+  image = crop_and_resize(to_float(canvas), box, image_size)
   image = random_flip(k_flip, image)
   if color_jitter_strength > 0:
     image = random_color_jitter(k_color, image, color_jitter_strength)
   image = jnp.clip(image, 0.0, 1.0)
-  if use_blur:
+  if blur_per_image:
     image = random_blur(k_blur, image)
   return image
-
-
-def finetune_view(key: jax.Array, image: jax.Array, image_size: int) -> jax.Array:
-  """Fine-tuning / linear-eval training view of one image: crop + flip only (official)."""
-  return pretrain_view(key, image, image_size, color_jitter_strength=0.0, use_blur=False)
-
-
-def _example_keys(key: jax.Array, batch: int) -> jax.Array:
-  return jax.random.split(key, batch)
-
-
-def pretrain_views(
-  key: jax.Array, images_uint8: jax.Array, image_size: int, color_jitter_strength: float,
-  use_blur: bool, blur_mode: str = 'image',
-) -> tuple[jax.Array, jax.Array]:
-  """Two independent SimCLR views (float32 [B, S, S, 3] each) of a uint8 batch [B, H, W, 3].
-
-  blur_mode 'image': one sigma per image; 'batch': one sigma per view of this batch (official
-  per-replica behaviour when called on one device's slice).
-  """
-  if blur_mode not in ('image', 'batch'):
-    raise ValueError(f"blur_mode={blur_mode!r}; use 'image' or 'batch'.")
-  images = to_float(images_uint8)
-  batch = images.shape[0]
-  per_image_blur = use_blur and blur_mode == 'image'
-
-  def one_view(view_key):
-    k_examples, k_blur = jax.random.split(view_key)
-    view = jax.vmap(
-      lambda k, x: pretrain_view(k, x, image_size, color_jitter_strength, per_image_blur)
-    )(_example_keys(k_examples, batch), images)
-    if use_blur and blur_mode == 'batch':
-      view = batch_random_blur(k_blur, view)
-    return view
-
-  # vmap over the two views: one copy of the augmentation graph, half the compile time.
-  views = jax.vmap(one_view)(jax.random.split(key, 2))
-  return views[0], views[1]
-
-
-def finetune_views(key: jax.Array, images_uint8: jax.Array, image_size: int) -> jax.Array:
-  """Crop + flip views float32 [B, S, S, 3] of a uint8 batch [B, H, W, 3]."""
-  images = to_float(images_uint8)
-  keys = _example_keys(key, images.shape[0])
-  return jax.vmap(lambda k, x: finetune_view(k, x, image_size))(keys, images)

@@ -44,7 +44,8 @@ class HostSplit:
 
 @dataclasses.dataclass(frozen=True)
 class DeviceSplit:
-  images: jax.Array  # uint8 [N, H, W, 3], replicated on the mesh
+  images: jax.Array  # uint8 canvases [N, C, C, 3] (C = max(H, W), image at the top left), replicated
+  sizes: jax.Array  # int32 [N, 2]: (H, W) of every image, replicated
   labels: jax.Array  # int32 [N], replicated
   num_examples: int
   class_names: tuple[str, ...]
@@ -96,8 +97,13 @@ def load_split(dataset: str, split: str, folder: str = '', data_dir: str | None 
 def put_on_mesh(mesh: Mesh, split: HostSplit) -> DeviceSplit:
   """Places the split replicated on every device of the mesh (see the module docstring)."""
   replicated = NamedSharding(mesh, P())
+  height, width = split.images.shape[1:3]
+  side = max(height, width)
+  canvases = np.pad(split.images, [(0, 0), (0, side - height), (0, side - width), (0, 0)])
+  sizes = np.tile(np.asarray([height, width], np.int32), (split.num_examples, 1))
   return DeviceSplit(
-    images=jax.device_put(split.images, replicated),
+    images=jax.device_put(canvases, replicated),
+    sizes=jax.device_put(sizes, replicated),
     labels=jax.device_put(split.labels, replicated),
     num_examples=split.num_examples,
     class_names=split.class_names,
@@ -132,8 +138,3 @@ def batch_indices(
   second = epoch_permutation(seed, epoch + 1, num_examples)
   index = position % num_examples
   return jnp.where(position >= num_examples, second[index], first[index])
-
-
-def gather(images: jax.Array, labels: jax.Array, indices: jax.Array) -> dict[str, jax.Array]:
-  """{'image': uint8 [B, H, W, 3], 'label': int32 [B]} at `indices` of a split. Jittable."""
-  return {'image': jnp.take(images, indices, axis=0), 'label': jnp.take(labels, indices, axis=0)}

@@ -37,10 +37,9 @@ class TrainData:
   num_classes: int
   class_names: tuple[str, ...]
   make_iterator: Callable[[int], Batches]  # start_step -> infinite host batches from that step.
-  # Device-resident mode: replicated arrays the jitted step gathers from, and the in-step batch
-  # builder (indices -> augmented views); None for the host tf.data pipeline.
+  # Device-resident mode: the replicated split the jitted step gathers canvases from (else None).
   device_dataset: Any = None
-  prepare: Callable | None = None
+  prepare: Callable | None = None  # In-step: host batch -> the stage's views (views.py).
   skipped_paths: tuple[str, ...] = ()  # Unreadable images left out (image folders).
 
   def batches(self, start_step: int = 0) -> Batches:
@@ -65,7 +64,7 @@ def load_source(
   config: ml_collections.ConfigDict, split: str, dataset: str = '', decode: bool = True,
   max_examples: int = 0,
 ) -> sources.Source:
-  """Examples of a split; `decode=False` keeps them encoded (data.decode_crop_only)."""
+  """Examples of a split; `decode=False` keeps them encoded."""
   data = config.data
   return sources.load(
     dataset or data.dataset, split, folder=data.folder, data_dir=data.tfds_data_dir,
@@ -75,8 +74,7 @@ def load_source(
 
 
 def _train_source(config: ml_collections.ConfigDict, dataset: str = '') -> sources.Source:
-  return load_source(config, config.data.train_split, dataset,
-                     decode=not config.data.decode_crop_only)
+  return load_source(config, config.data.train_split, dataset)
 
 
 def is_official_subset(dataset: str) -> bool:
@@ -132,24 +130,19 @@ def _host_pipeline_data(
                    prepare=prepare, skipped_paths=tuple(getattr(source, 'skipped_paths', ())))
 
 
-def _train_data(config: ml_collections.ConfigDict, stage: str, source) -> TrainData:
-  """Two SimCLR views (pretrain) or one crop + flip view; on the device if configured."""
-  data = config.data
-  if data.augment_on_device:  # Host: decode to a fixed uint8 size; views built in the step.
-    from simclr_jax.data import resident
-    from simclr_jax.sharding import DATA_AXIS
+def canvas_size(config: ml_collections.ConfigDict) -> int:
+  """The host's fixed uint8 canvas (pipeline.py): data.canvas_size, or data.image_size."""
+  return config.data.canvas_size or config.data.image_size
 
-    return _host_pipeline_data(
-      config, source, pipeline.make_raw_dataset,
-      prepare=resident.make_prepare(config, stage, DATA_AXIS),
-      raw_size=data.raw_image_size or data.image_size)
-  if stage == 'pretrain':
-    return _host_pipeline_data(
-      config, source, pipeline.make_pretrain_dataset, image_size=data.image_size,
-      color_jitter_strength=data.color_jitter_strength, use_blur=data.use_blur,
-      num_local_devices=jax.local_device_count())
-  return _host_pipeline_data(config, source, pipeline.make_finetune_dataset,
-                             image_size=data.image_size)
+
+def _train_data(config: ml_collections.ConfigDict, stage: str, source) -> TrainData:
+  """Canvases from the host; the stage's views are built on the device (views.py)."""
+  from simclr_jax.data import views
+  from simclr_jax.sharding import DATA_AXIS
+
+  return _host_pipeline_data(
+    config, source, pipeline.make_train_dataset, prepare=views.make_prepare(config, stage, DATA_AXIS),
+    canvas_size=canvas_size(config))
 
 
 def make_pretrain_data(config: ml_collections.ConfigDict) -> TrainData:
@@ -173,12 +166,12 @@ def make_distill_data(config: ml_collections.ConfigDict) -> TrainData:
 
 def make_resident_data(config: ml_collections.ConfigDict, stage: str, mesh) -> TrainData:
   """`data.device_resident`: the split on every device, views built inside the step."""
-  from simclr_jax.data import resident  # JAX only.
+  from simclr_jax.data import resident, views  # JAX only.
   from simclr_jax.sharding import DATA_AXIS
 
   num_examples, class_names, make_iterator, dataset = resident.make_train_data(config, stage, mesh)
   return TrainData(num_examples, len(class_names), class_names, make_iterator, dataset,
-                   resident.make_prepare(config, stage, DATA_AXIS))
+                   views.make_prepare(config, stage, DATA_AXIS))
 
 
 def make_eval_data(

@@ -1,26 +1,22 @@
-"""Host input pipelines: a source's examples -> augmented, batched, numpy-friendly host batches.
+"""The host half of the one data path: a source's examples -> canvas batches, and eval batches.
 
-    pretrain: shuffle per epoch -> two independent views -> batch -> blur per device group
-    finetune: shuffle per epoch -> one crop + flip view -> batch
-    eval:     in order -> centre crop -> batch, padded to full batches with a 0/1 `mask`
-    raw:      shuffle per epoch -> uint8 at a fixed size -> batch (augmentation on device)
+    train: the source's epochs (sources.Source.epochs) -> decode -> onto a uint8 canvas -> batch
+    eval:  in order -> centre crop -> bicubic resize -> batch, padded with a 0/1 `mask`
 
-Sources give decoded images ('image': uint8 [H, W, 3]) or encoded bytes ('encoded': tf.string,
-`sources.load(..., decode=False)`); every pipeline takes either. With encoded JPEGs a train view
-decodes only its crop window (`augment.encoded_train_views`, `tf.image.decode_and_crop_jpeg`) and
-eval only the centre crop, which is what large-image sets (ImageNet) want. What `cache=True`
-keeps (decoded pixels, encoded bytes or nothing) is decided by the source from sizes known before
-reading (sources.py). Decoded images are cropped in uint8 and only the crop becomes float.
+Training batches carry no augmentation: every random op (crop, flip, colour, blur) runs on the
+device inside the step (data/views.py, data/device_eval_view.py). The host decodes each image and
+places it, unscaled, at the top left of a fixed canvas_size x canvas_size uint8 canvas; an image
+larger than the canvas is first scaled down to fit (aspect kept, antialiased). Its size travels
+with it, so the device's random crop sees the image's own shape, as the official crop does.
 
-Determinism: the stream is a pure function of `seed` (and the host's share of the data).
-  * epoch e is a permutation drawn from (seed, 'shuffle', host, e) (`sources.Source.epochs`:
-    shuffled paths for folders, shuffled windows of shard files for tfds);
-  * an example's two views use seeds split from (seed, 'augment', e, example index), where the
-    index is its position in the whole split (sources.py), so a view does not depend on the
-    order in which tf.data happens to run the map, nor on the batch it lands in;
-  * the blur of batch n uses a seed derived from (seed, 'blur', host, n).
-Every random op is stateless (augment.py), and `Options().deterministic` keeps parallel maps in
-order. Resuming at `start_batch` reproduces the same batches as an uninterrupted run.
+    {'image': uint8 [B, C, C, 3], 'size': int32 [B, 2] (height, width), 'label': int32 [B],
+     'index': int32 [B] (position in the split), 'epoch': int32 [B]}
+
+Determinism: the stream is a pure function of `seed` (and the host's share of the data): epoch e
+is a permutation drawn from (seed, 'shuffle', host, e) (`sources.Source.epochs`: shuffled paths
+for folders, shuffled windows of shard files for tfds); the device derives each example's views
+from (seed, 'augment', epoch, index). `Options().deterministic` keeps parallel maps in order.
+Resuming at `start_batch` reproduces the same batches as an uninterrupted run.
 """
 
 from collections.abc import Iterator
@@ -29,13 +25,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from simclr_jax.data import augment, sources
-
-# Purposes folded into the root seed, so streams for different uses never share random bits
-# (shuffling is sources.SHUFFLE_PURPOSE = 1).
-_AUGMENT, _BLUR = 2, 3
-_purpose_seed = sources.purpose_seed
-
+from simclr_jax.data import eval_view, sources
 
 def _options(threadpool_size: int) -> tf.data.Options:
   options = tf.data.Options()
@@ -56,25 +46,8 @@ def _shuffled_epochs(source, *, seed: int, shuffle_buffer: int, cache: bool, sta
     process_index=process_index, num_epochs=num_epochs)
 
 
-def _view_seeds(seed: int, example: dict, num_views: int) -> tf.Tensor:
-  """[num_views, 2] seeds of one example, from (seed, epoch, example index)."""
-  example_seed = _purpose_seed(seed, _AUGMENT, example['epoch'], example['index'])
-  return tf.random.experimental.stateless_split(example_seed, num=num_views)
-
-
 def _to_float(image: tf.Tensor) -> tf.Tensor:
   return tf.image.convert_image_dtype(image, tf.float32)  # uint8 -> [0, 1] by /255 (official).
-
-
-def _train_views(
-  example: dict, seeds: tf.Tensor, image_size: int, color_jitter_strength: float
-) -> list[tf.Tensor]:
-  """One view per seed of seeds [V, 2], from 'encoded' bytes (crop windows only) or 'image'."""
-  if 'encoded' in example:
-    return augment.encoded_train_views(
-      example['encoded'], seeds, image_size, color_jitter_strength)
-  # Cropped in uint8, converted after: memory follows the crop, not the photo.
-  return augment.decoded_train_views(example['image'], seeds, image_size, color_jitter_strength)
 
 
 def _map_examples(dataset: tf.data.Dataset, fn, ignore_decode_errors: bool) -> tf.data.Dataset:
@@ -91,99 +64,12 @@ def _finish(dataset: tf.data.Dataset, threadpool_size: int) -> tf.data.Dataset:
   return dataset.prefetch(tf.data.AUTOTUNE).with_options(_options(threadpool_size))
 
 
-def make_pretrain_dataset(
-  source_ds: tf.data.Dataset,
-  *,
-  seed: int,
-  host_batch_size: int,
-  image_size: int,
-  color_jitter_strength: float,
-  use_blur: bool,
-  num_local_devices: int,
-  shuffle_buffer: int,
-  cache: bool = False,
-  start_batch: int = 0,
-  process_index: int = 0,
-  num_epochs: int | None = None,
-  threadpool_size: int = 48,
-  ignore_decode_errors: bool = False,
-) -> tf.data.Dataset:
-  """Infinite host batches {'view_a', 'view_b': float32 [B, S, S, 3], 'label': int32 [B]}.
-
-  Two independent views per image (REFERENCE §5). With use_blur, each view's batch is blurred
-  as `augment.batch_random_blur` with one group per local device (official: per replica batch).
-  Batches do not respect epoch boundaries (drop_remainder only at the end of a finite run).
-  `ignore_decode_errors`: skip examples whose encoded image fails to decode (for undecoded
-  sources of folders checked by headers only, `Source.decode_errors_possible`).
-  """
-  if host_batch_size % num_local_devices:
-    raise ValueError(
-      f'host batch {host_batch_size} is not divisible by {num_local_devices} local devices; '
-      'change train.global_batch_size.'
-    )
-
-  def two_views(example: dict) -> dict:
-    views = _train_views(example, _view_seeds(seed, example, 2), image_size, color_jitter_strength)
-    return {'view_a': views[0], 'view_b': views[1], 'label': example['label']}
-
-  def blur(batch_number: tf.Tensor, batch: dict) -> dict:
-    seeds = tf.random.experimental.stateless_split(
-      _purpose_seed(seed, _BLUR, process_index, batch_number), num=2
-    )
-    for i, key in enumerate(('view_a', 'view_b')):
-      batch[key] = augment.batch_random_blur(batch[key], seeds[i], num_local_devices)
-    return batch
-
-  dataset = _shuffled_epochs(
-    source_ds, seed=seed, shuffle_buffer=shuffle_buffer, cache=cache,
-    start_example=start_batch * host_batch_size, process_index=process_index,
-    num_epochs=num_epochs,
-  )
-  dataset = _map_examples(dataset, two_views, ignore_decode_errors)
-  dataset = dataset.batch(host_batch_size, drop_remainder=True)
-  if use_blur:
-    dataset = dataset.enumerate(start=start_batch).map(blur, num_parallel_calls=tf.data.AUTOTUNE)
-  return _finish(dataset, threadpool_size)
-
-
-def make_finetune_dataset(
-  source_ds: tf.data.Dataset,
-  *,
-  seed: int,
-  host_batch_size: int,
-  image_size: int,
-  shuffle_buffer: int,
-  cache: bool = False,
-  start_batch: int = 0,
-  process_index: int = 0,
-  num_epochs: int | None = None,
-  threadpool_size: int = 48,
-  ignore_decode_errors: bool = False,
-) -> tf.data.Dataset:
-  """Infinite host batches {'image': float32 [B, S, S, 3], 'label': int32 [B]}.
-
-  Official fine-tuning / linear-eval view: random resized crop + flip, no colour, no blur.
-  """
-
-  def one_view(example: dict) -> dict:
-    view = _train_views(example, _view_seeds(seed, example, 1), image_size, 0.0)[0]
-    return {'image': view, 'label': example['label']}
-
-  dataset = _shuffled_epochs(
-    source_ds, seed=seed, shuffle_buffer=shuffle_buffer, cache=cache,
-    start_example=start_batch * host_batch_size, process_index=process_index,
-    num_epochs=num_epochs,
-  )
-  dataset = _map_examples(dataset, one_view, ignore_decode_errors)
-  return _finish(dataset.batch(host_batch_size, drop_remainder=True), threadpool_size)
-
-
 def make_eval_dataset(
   source_ds: tf.data.Dataset,
   *,
   batch_size: int,
   image_size: int,
-  crop_proportion: float = augment.CROP_PROPORTION,
+  crop_proportion: float = eval_view.CROP_PROPORTION,
   num_batches: int | None = None,
   cache: bool = False,
   threadpool_size: int = 48,
@@ -198,19 +84,19 @@ def make_eval_dataset(
 
   def preprocess(example: dict) -> dict:
     if 'encoded' not in example and image_size > 32:  # Centre crop in uint8, then float.
-      window, _ = augment.slice_crop(
-        example['image'], lambda shape: augment.center_crop_box(shape, crop_proportion))
-      image = augment.preprocess_for_eval(_to_float(window), image_size, crop_proportion=1.0)
+      window, _ = eval_view.slice_crop(
+        example['image'], lambda shape: eval_view.center_crop_box(shape, crop_proportion))
+      image = eval_view.preprocess_for_eval(_to_float(window), image_size, crop_proportion=1.0)
     elif 'encoded' not in example:
-      image = augment.preprocess_for_eval(_to_float(example['image']), image_size, crop_proportion)
+      image = eval_view.preprocess_for_eval(_to_float(example['image']), image_size, crop_proportion)
     elif image_size > 32:
       # Decode only the centre square; cropping that square again with proportion 1 is a no-op.
-      window, _ = augment.decode_crop(
-        example['encoded'], lambda shape: augment.center_crop_box(shape, crop_proportion))
-      image = augment.preprocess_for_eval(_to_float(window), image_size, crop_proportion=1.0)
+      window, _ = eval_view.decode_crop(
+        example['encoded'], lambda shape: eval_view.center_crop_box(shape, crop_proportion))
+      image = eval_view.preprocess_for_eval(_to_float(window), image_size, crop_proportion=1.0)
     else:
-      window, _ = augment.decode_crop(example['encoded'], _whole_box)
-      image = augment.preprocess_for_eval(_to_float(window), image_size, crop_proportion)
+      window, _ = eval_view.decode_crop(example['encoded'], _whole_box)
+      image = eval_view.preprocess_for_eval(_to_float(window), image_size, crop_proportion)
     return {
       'image': image,
       'label': example['label'],
@@ -247,37 +133,42 @@ def _whole_box(shape: tf.Tensor) -> tf.Tensor:
   return tf.stack([0, 0, shape[0], shape[1]])
 
 
-def to_raw_size(example: dict, raw_size: int) -> tf.Tensor:
-  """uint8 [raw_size, raw_size, 3] of an example's 'image' or 'encoded' image.
+def _decoded(example: dict) -> tf.Tensor:
+  if 'encoded' not in example:
+    return example['image']
+  image = tf.io.decode_image(example['encoded'], channels=3, expand_animations=False)
+  image.set_shape([None, None, 3])
+  return image
 
-  An image of exactly raw_size passes unchanged; any other is cropped to the central square of
-  its shorter side (decoding only that square for JPEGs), then resized (bilinear, antialiased)
-  to raw_size and rounded. The device's random resized crop then samples from that square.
+
+def to_canvas(image: tf.Tensor, canvas_size: int) -> tuple[tf.Tensor, tf.Tensor]:
+  """(uint8 [C, C, 3] canvas, int32 [2] size): the image at the top left, zeros elsewhere.
+
+  An image with a side over canvas_size is first scaled by canvas_size / its longer side (sides
+  rounded, >= 1; bilinear, antialiased, rounded to uint8), so nothing is cut off.
   """
-  square = lambda shape: augment.center_crop_box(shape, crop_proportion=1.0)
-  if 'encoded' in example:
-    image, _ = augment.decode_crop(example['encoded'], square)
-  else:
-    image = example['image']
-    box = square(tf.shape(image))
-    image = image[box[0]:box[0] + box[2], box[1]:box[1] + box[3]]
+  height, width = tf.unstack(tf.shape(image)[:2])
 
-  def resize() -> tf.Tensor:
-    resized = tf.image.resize(image, [raw_size, raw_size], 'bilinear', antialias=True)
+  def shrink() -> tf.Tensor:
+    scale = canvas_size / tf.cast(tf.maximum(height, width), tf.float32)
+    new = tf.maximum(1, tf.cast(tf.round(tf.cast(tf.stack([height, width]), tf.float32) * scale),
+                                tf.int32))
+    resized = tf.image.resize(image, new, 'bilinear', antialias=True)
     return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
 
-  height, width = tf.unstack(tf.shape(image)[:2])
-  fits = tf.logical_and(tf.equal(height, raw_size), tf.equal(width, raw_size))
-  image = tf.cond(fits, lambda: image, resize)
-  return tf.reshape(image, [raw_size, raw_size, 3])
+  fits = tf.logical_and(height <= canvas_size, width <= canvas_size)
+  image = tf.cond(fits, lambda: tf.cast(image, tf.uint8), shrink)
+  size = tf.shape(image)[:2]
+  canvas = tf.pad(image, [[0, canvas_size - size[0]], [0, canvas_size - size[1]], [0, 0]])
+  return tf.reshape(canvas, [canvas_size, canvas_size, 3]), tf.cast(size, tf.int32)
 
 
-def make_raw_dataset(
-  source_ds: tf.data.Dataset,
+def make_train_dataset(
+  source,
   *,
   seed: int,
   host_batch_size: int,
-  raw_size: int,
+  canvas_size: int,
   shuffle_buffer: int,
   cache: bool = False,
   start_batch: int = 0,
@@ -286,27 +177,29 @@ def make_raw_dataset(
   threadpool_size: int = 48,
   ignore_decode_errors: bool = False,
 ) -> tf.data.Dataset:
-  """Infinite host batches {'image': uint8 [B, R, R, 3], 'label', 'index': int32 [B]} (R=raw_size).
+  """Infinite host batches of canvases (module docstring), every stage alike.
 
-  For augmentation on the device (`device_augment`): the host only decodes and brings each image
-  to a fixed size (`to_raw_size`), so the random crop, flip, colour and blur run in the step.
-  Same per-epoch (seed, host, epoch) shuffle and `start_batch` resume as the other pipelines;
-  'index' (position in the split) lets the device derive per-example keys.
+  Batches do not respect epoch boundaries (drop_remainder only at the end of a finite run).
+  `ignore_decode_errors`: skip examples whose encoded image fails to decode (for undecoded
+  sources of folders checked by headers only, `Source.decode_errors_possible`).
   """
 
-  def fixed_size(example: dict) -> dict:
+  def place(example: dict) -> dict:
+    canvas, size = to_canvas(_decoded(example), canvas_size)
     return {
-      'image': to_raw_size(example, raw_size),
+      'image': canvas,
+      'size': size,
       'label': tf.cast(example['label'], tf.int32),
       'index': tf.cast(example['index'], tf.int32),
+      'epoch': tf.cast(example['epoch'], tf.int32),
     }
 
   dataset = _shuffled_epochs(
-    source_ds, seed=seed, shuffle_buffer=shuffle_buffer, cache=cache,
+    source, seed=seed, shuffle_buffer=shuffle_buffer, cache=cache,
     start_example=start_batch * host_batch_size, process_index=process_index,
     num_epochs=num_epochs,
   )
-  dataset = _map_examples(dataset, fixed_size, ignore_decode_errors)
+  dataset = _map_examples(dataset, place, ignore_decode_errors)
   return _finish(dataset.batch(host_batch_size, drop_remainder=True), threadpool_size)
 
 

@@ -1,9 +1,10 @@
-"""Device-resident training data (`data.device_resident=True`): no host pipeline in the loop.
+"""Device-resident training data (`data.device_resident=True`): the source that lives on device.
 
-The whole train split sits on every device as uint8 (`device_data.put_on_mesh`). Each step the
-host sends only the batch's example indices (and labels), drawn from (seed, epoch) exactly as
-`device_data.batch_indices`; the jitted step gathers the images and builds the views with
-`device_augment`, keyed by (seed, step, device). Needs only JAX: TensorFlow is never imported.
+The whole train split sits on every device as uint8 canvases with their sizes
+(`device_data.put_on_mesh`). Each step the host sends only the batch's example indices, labels
+and epochs, drawn from (seed, epoch) exactly as `device_data.batch_indices`; the jitted step
+gathers the canvases and builds the views with the same device half as the host path
+(views.py). Needs only JAX: TensorFlow is never imported.
 """
 
 import math
@@ -13,9 +14,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from simclr_jax.data import device_augment, device_data, subsets
+from simclr_jax.data import device_data, subsets
 
-AUGMENT_PURPOSE = 2  # Folded into the root key: device augmentation (see pipeline._AUGMENT).
 
 
 def _split(config: ml_collections.ConfigDict, split: str) -> device_data.HostSplit:
@@ -52,36 +52,15 @@ def make_train_data(config: ml_collections.ConfigDict, stage: str, mesh):
     step = start_step
     while True:
       order = np.asarray(device_data.batch_indices(config.seed, step, global_batch, len(pool)))
-      index = pool[order[first : first + host_batch]].astype(np.int32)
-      yield {'index': index, 'label': labels[index]}
+      mine = slice(first, first + host_batch)
+      index = pool[order[mine]].astype(np.int32)
+      positions = step * global_batch + np.arange(global_batch)[mine]
+      epoch = (positions // len(pool)).astype(np.int32)
+      yield {'index': index, 'label': labels[index], 'epoch': epoch}
       step += 1
 
-  return len(pool), split.class_names, make_iterator, {'images': dataset.images}
-
-
-def make_prepare(config: ml_collections.ConfigDict, stage: str, axis_name: str) -> Callable:
-  """In-step batch builder, per device (inside shard_map): uint8 images -> augmented views.
-
-  The images are gathered from the resident dataset by index, or arrive as uint8 from the host
-  (`data.augment_on_device` with the host pipeline: the host only decodes and fixes the size).
-  """
-  data = config.data
-
-  def prepare(batch: dict, dataset: dict | None, step: jax.Array) -> dict:
-    if dataset is not None:
-      images = jax.numpy.take(dataset['images'], batch['index'], axis=0)  # uint8 [local_B,H,W,3]
-    else:
-      images = batch['image']
-    key = jax.random.fold_in(jax.random.key(config.seed), AUGMENT_PURPOSE)
-    key = jax.random.fold_in(jax.random.fold_in(key, step), jax.lax.axis_index(axis_name))
-    if stage == 'pretrain':
-      view_a, view_b = device_augment.pretrain_views(
-        key, images, data.image_size, data.color_jitter_strength, data.use_blur, data.blur_mode)
-      return {'view_a': view_a, 'view_b': view_b, 'label': batch['label']}
-    return {'image': device_augment.finetune_views(key, images, data.image_size),
-            'label': batch['label']}
-
-  return prepare
+  return (len(pool), split.class_names, make_iterator,
+          {'images': dataset.images, 'sizes': dataset.sizes})
 
 
 def eval_preprocess(images: np.ndarray, image_size: int, crop_proportion: float) -> np.ndarray:

@@ -1,14 +1,8 @@
-"""SimCLR augmentations as pure, stateless TensorFlow ops (REFERENCE §5, official `data_util.py`).
+"""Test reference: the official SimCLR augmentations (`data_util.py`) as stateless TensorFlow ops.
 
-Every random choice comes from an explicit seed tensor of shape [2] (int32 or int64) through the
-`tf.random.stateless_*` family, so a view is a pure function of (seed, image): the same in eager
-mode and inside `tf.data`, on any host, in any order of execution. Images are float32 in [0, 1];
-there is no mean/std normalisation anywhere (official).
-
-    preprocess_for_train: random resized crop -> flip -> colour (jitter p=0.8, gray p=0.2) -> clip
-    encoded_train_views:  the same views from encoded bytes, decoding only the crop windows
-    preprocess_for_eval:  centre crop (none when image_size <= 32) -> bicubic resize -> clip
-    batch_random_blur:    one sigma per device group, blurred vs original per example (p=0.5)
+Not used by the package (every augmentation runs on the device: simclr_jax/data/
+device_augment.py). Kept here as the independent reference the JAX ops are compared with: the
+same ops and constants as the official TF2 code, with explicit [2] seeds.
 """
 
 import tensorflow as tf

@@ -1,4 +1,7 @@
-"""Tests for simclr_jax/data/augment.py against REFERENCE §5 (official data_util.py)."""
+"""The test reference (tests/official_augment.py) against REFERENCE §5 (official data_util.py).
+
+The JAX ops of the package are compared with this reference in device_augment_test.py.
+"""
 
 import math
 
@@ -6,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_jax.data import augment
+import official_augment as augment
 
 NUM_DRAWS = 2000
 NUM_DECISION_DRAWS = 10000  # Frequencies to +-0.016 (4 sd), enough to tell 0.2 from 0.25.
@@ -133,38 +136,6 @@ def test_grayscale_uses_official_luma_weights():
   expected = image.numpy() @ np.array([0.2989, 0.5870, 0.1140])
   gray = augment.to_grayscale(image).numpy()
   np.testing.assert_allclose(gray, np.repeat(expected[..., None], 3, axis=-1), atol=1e-3)
-
-
-@pytest.mark.parametrize(
-  'shape, expected',
-  [((256, 256), (16, 16, 224)), ((375, 500), (24, 86, 328)), ((64, 48), (11, 3, 42))],
-)
-def test_center_crop_box_matches_official_formula(shape, expected):
-  box = augment.center_crop_box(tf.constant(shape + (3,)), 0.875).numpy()
-  assert tuple(box) == expected + (expected[2],)
-
-
-def test_eval_view_is_numpy_centre_crop_then_bicubic_resize():
-  import jax  # An independent bicubic (Keys a=-0.5, half-pixel) implementation.
-
-  image = np.random.default_rng(1).uniform(size=(64, 48, 3)).astype(np.float32)
-  view = augment.preprocess_for_eval(image, 40).numpy()
-  side = int(np.rint(0.875 * 48))
-  top, left = (64 - side + 1) // 2, (48 - side + 1) // 2
-  crop = image[top : top + side, left : left + side]
-  expected = tf.image.resize(crop, [40, 40], method='bicubic', antialias=False).numpy()
-  np.testing.assert_allclose(view, np.clip(expected, 0, 1), atol=1e-6)
-  jax_expected = np.asarray(jax.image.resize(crop, (40, 40, 3), 'bicubic', antialias=False))
-  # TF's resize_bicubic reads its weights from a 1024-entry table: agreement to ~1e-3, not 1e-6.
-  np.testing.assert_allclose(view, np.clip(jax_expected, 0, 1), atol=2e-3)
-
-
-def test_eval_view_has_no_crop_at_cifar_size():
-  image = np.random.default_rng(2).uniform(size=(32, 32, 3)).astype(np.float32)
-  np.testing.assert_array_equal(augment.preprocess_for_eval(image, 32).numpy(), image)
-  bigger = np.random.default_rng(3).uniform(size=(36, 36, 3)).astype(np.float32)
-  expected = np.clip(tf.image.resize(bigger, [32, 32], method='bicubic').numpy(), 0, 1)
-  np.testing.assert_allclose(augment.preprocess_for_eval(bigger, 32).numpy(), expected, atol=1e-6)
 
 
 def _numpy_kernel(kernel_size: int, sigma: float) -> np.ndarray:
