@@ -130,10 +130,6 @@ def crop_and_resize(image: jax.Array, box: jax.Array, image_size: int) -> jax.Ar
   return jnp.einsum('sh,hwc,tw->stc', rows, image, cols, precision=hi)
 
 
-def random_crop_with_resize(key: jax.Array, image: jax.Array, image_size: int) -> jax.Array:
-  return crop_and_resize(image, crop_box(key, image.shape[0], image.shape[1]), image_size)
-
-
 def random_flip(key: jax.Array, image: jax.Array) -> jax.Array:
   """Horizontal flip with p=0.5 (tf.image.stateless_random_flip_left_right)."""
   return jnp.where(jax.random.uniform(key) < FLIP_PROBABILITY, image[:, ::-1], image)

@@ -262,12 +262,10 @@ class Source:
       kind, size = 'encoded', self.encoded_bytes
     else:
       kind, size = '', self.decoded_bytes if wants_decoded else self.encoded_bytes
-    if kind:
-      what = f'the {kind} images of this host ({size / 1e9:.2f} GB'
-    else:
-      what = ('nothing: this host\'s share (' + (f'{size / 1e9:.1f} GB' if size else 'size unknown'))
-    _log_once(('cache', self.name, kind), 'data.cache: caching %s, limit %.0f%% of %.0f GB RAM).',
-              what, 100 * CACHE_RAM_FRACTION, host_ram_bytes() / 1e9)
+    amount = f'{size / 1e6:,.0f} MB' if size else 'size unknown'
+    what = f'the {kind} images of this host ({amount}' if kind else f'nothing ({amount}'
+    _log_once(('cache', self.name, kind), 'data.cache for %s: caching %s; limit %.0f%% of %.0f GB '
+              'RAM).', self.name, what, 100 * CACHE_RAM_FRACTION, host_ram_bytes() / 1e9)
     return kind
 
   def ordered(self, cache: bool = False) -> tf.data.Dataset:
