@@ -1,4 +1,4 @@
-"""Tests for simclr_jax/data/device_augment.py: the official TF ops (tests/official_augment.py) are the reference.
+"""Tests for simclr_jax/data/device_augment.py against the official TF ops (tests/official_augment.py).
 
 Ops are compared pixel-wise with TF; random choices are compared in distribution with the TF
 pipeline over ~2000 draws each (two-sample KS for continuous draws, binomial tolerance for
