@@ -42,8 +42,14 @@ def _unknown_override(argv: list[str]) -> str | None:
   return None
 
 
+def verbose() -> bool:
+  """SIMCLR_VERBOSE=1: user mistakes raise with their traceback instead of one line."""
+  return os.environ.get('SIMCLR_VERBOSE', '') not in ('', '0')
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, with user mistakes reported in one line (exit 1)."""
+  """absl's flag parsing, with user mistakes reported in one line (exit 1; SIMCLR_VERBOSE=1 for
+  the traceback)."""
   path = _config_path(argv)
   if path is not None:
     if not os.path.isfile(path):
@@ -54,17 +60,23 @@ def parse_flags(argv: list[str]) -> list[str]:
       sys.path.insert(0, root)
   try:
     return flags.FLAGS(argv)
-  except flags.Error as error:
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as error:
+    if verbose():
+      raise
+    sys.exit(_bad_flags_message(error, argv, path))
+
+
+def _bad_flags_message(error: Exception, argv: list[str], path: str | None) -> str:
+  if isinstance(error, flags.Error):
     lines = [line for line in str(error).splitlines() if line.strip()]
     if 'Traceback' in str(error):  # The config file itself raised: its last line says why.
-      sys.exit(f'error: {lines[-1].split(": ", 1)[-1]}')
-    sys.exit(f'error: {lines[0]}')
-  except (AttributeError, KeyError, TypeError, ValueError) as error:
-    unknown = _unknown_override(argv) if path else None
-    if unknown:
-      sys.exit(f'error: {unknown}: no such config field; see docs/CONFIG.md for every field')
-    message = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-    sys.exit(f'error: bad command-line flag ({message}); see docs/CONFIG.md for every field')
+      return f'error: {lines[-1].split(": ", 1)[-1]}'
+    return f'error: {lines[0]}'
+  unknown = _unknown_override(argv) if path else None
+  if unknown:
+    return f'error: {unknown}: no such config field; see docs/CONFIG.md for every field'
+  message = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+  return f'error: bad command-line flag ({message}); see docs/CONFIG.md for every field'
 
 
 @contextlib.contextmanager

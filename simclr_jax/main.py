@@ -69,7 +69,9 @@ def main(argv: list[str]) -> None:
     with workdir_lib.lock(workdir):
       all_results = run.run_stages(config, workdir)
   except (validation.ConfigError, FileNotFoundError) as error:
-    sys.exit(f'error: {error}')  # One line, no traceback, no flag dump.
+    if cli.verbose():
+      raise
+    sys.exit(f'error: {error}')  # One line, no traceback, no flag dump (SIMCLR_VERBOSE=1: both).
   except KeyboardInterrupt:  # Ctrl-C before the loop watches for it (loading, compiling).
     sys.exit('Interrupted before training started; nothing to resume was lost.')
   except workdir_lib.Preempted as stop:

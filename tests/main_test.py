@@ -161,3 +161,13 @@ def test_stages_that_need_labels_are_refused_up_front_on_unlabeled_images(tmp_pa
     f'error: data.folder={folder!r} is a flat folder of unlabeled images, but finetune needs '
     'labels')
   assert not os.path.exists(tmp_path / 'run' / 'pretrain' / 'checkpoints')
+
+
+def test_verbose_brings_the_traceback_back(tmp_path):
+  quiet = _run_main(f'--workdir={tmp_path}', '--config.train.nosuchfield=1')
+  assert quiet.returncode == 1 and 'Traceback' not in quiet.stderr
+  env = dict(os.environ, JAX_PLATFORMS='cpu', SIMCLR_VERBOSE='1')
+  loud = subprocess.run(
+    [sys.executable, '-m', 'simclr_jax.main', '--config=configs/demo.py', f'--workdir={tmp_path}',
+     '--config.train.nosuchfield=1'], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert loud.returncode != 0 and 'Traceback' in loud.stderr and 'nosuchfield' in loud.stderr
