@@ -2,7 +2,7 @@
 
 All maths runs in float32 whatever the input dtype: the official code is float32 throughout and
 the logits, the self-similarity mask and the softmax are the numerically delicate parts
-(REFERENCE §9 "Precision").
+(google-research/simclr).
 
 NT-Xent follows `objective.py` (`add_contrastive_loss`, identical in TF1/TF2) exactly:
 

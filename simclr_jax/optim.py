@@ -1,4 +1,5 @@
-"""Optimisers and learning-rate schedules with the official SimCLR conventions (REFERENCE §2).
+"""Optimisers and learning-rate schedules with the official SimCLR conventions (google-research/
+simclr: `lars_optimizer.py`, TF2 `model.py` `WarmUpAndCosineDecay`).
 
 * `lars`: the official `lars_optimizer.py` update (classic momentum, no Nesterov, eeta 1e-3),
   written out as one optax transformation so that every convention is visible in one place.

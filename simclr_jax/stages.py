@@ -75,7 +75,8 @@ def pretrain_loss_fn(
   linear_probe: bool,
   global_bn: bool,
 ) -> LossFn:
-  """NT-Xent on the two views, plus the linear probe on stop-gradient features (REFERENCE §4)."""
+  """NT-Xent on the two views, plus the linear probe on stop-gradient features (official TF2
+  `model.py`: the supervised head on stop_gradient(hiddens))."""
 
   def loss_fn(params, batch_stats, batch, aux=None):
     del aux

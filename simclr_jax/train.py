@@ -70,7 +70,8 @@ def abstract_variables(model, image_size: int) -> dict:
 def build_optimizer(
   config: ml_collections.ConfigDict, params: Any, num_train_examples: int, trainable: Any = None
 ):
-  """The optax transformation, its LR schedule and the number of steps (REFERENCE §2)."""
+  """The optax transformation, its LR schedule and the number of steps (official
+  `lars_optimizer.py`, `WarmUpAndCosineDecay`)."""
   train_config, optim_config = config.train, config.optim
   peak_lr = optim.scale_learning_rate(
     optim_config.learning_rate, train_config.global_batch_size, optim_config.learning_rate_scaling

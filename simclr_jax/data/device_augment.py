@@ -1,4 +1,4 @@
-"""The SimCLR augmentations: pure, jittable JAX functions (REFERENCE §5, official `data_util.py`).
+"""The SimCLR augmentations: pure, jittable JAX functions (official `data_util.py`).
 
 The one implementation of every random augmentation op. They run on the accelerator inside the
 jitted step (data/views.py), on uint8 images the host only decoded onto a fixed canvas
