@@ -207,8 +207,10 @@ def stage_bars(
   *,
   baseline: str = 'supervised',
   title: str = 'eval top-1 per stage',
+  note: str = '',
 ) -> str:
-  """One bar per stage (accuracy in [0, 1], drawn in %); the `baseline` stage grey and dashed."""
+  """One bar per stage (accuracy in [0, 1], drawn in %); the `baseline` stage grey and dashed;
+  `note` is printed under the axes (e.g. what makes a bar not comparable with the others)."""
   if not top1_by_stage:
     raise ValueError('stage_bars needs at least one {stage: top-1}; run a stage with eval_at_end')
   names = list(top1_by_stage)
@@ -228,5 +230,9 @@ def stage_bars(
   axes.set_ylabel('top-1 (%)', fontsize=9)
   axes.set_title(title, fontsize=10)
   axes.grid(axis='y', alpha=0.3)
-  figure.tight_layout()
+  if note:
+    figure.text(0.01, 0.01, note, fontsize=7, color='0.3', ha='left', va='bottom', wrap=True)
+    figure.tight_layout(rect=(0, 0.08, 1, 1))
+  else:
+    figure.tight_layout()
   return _save(figure, path)

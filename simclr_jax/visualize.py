@@ -336,8 +336,10 @@ def render_run_plots(
                                   max_points=max_points)
   accuracies = top1_by_stage(stage_workdirs)
   if 'stages' in which and len(stage_workdirs) > 1 and accuracies:
+    note = ('pretrain: the linear probe trained during pretraining on every label, not the '
+            "labelled subset of the other stages" if 'pretrain' in accuracies else '')
     written.append(plots.stage_bars(accuracies, os.path.join(plots_dir(workdir), 'stage_top1.png'),
-                                    title=f'eval top-1 per stage: {workdir}'))
+                                    title=f'eval top-1 per stage: {workdir}', note=note))
   return written
 
 

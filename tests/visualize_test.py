@@ -107,6 +107,12 @@ def test_plots_handle_missing_metrics_and_reject_bad_input(tmp_path):
     plots.tsne_scatter(np.zeros((4, 3)), np.zeros(4), str(tmp_path / 't.png'))
   with pytest.raises(ValueError, match='at least one'):
     plots.stage_bars({}, str(tmp_path / 'b.png'))
+  accuracies = {'pretrain': 0.3, 'finetune': 0.2, 'supervised': 0.18}
+  bare = plots.stage_bars(accuracies, str(tmp_path / 'bare.png'))
+  noted = plots.stage_bars(accuracies, str(tmp_path / 'noted.png'), note='pretrain: all labels')
+  from PIL import Image
+  bottom = lambda path: np.asarray(Image.open(path).convert('L'))[-12:]
+  assert bottom(bare).min() > bottom(noted).min()  # The note is drawn under the axes.
   (tmp_path / 'metrics.jsonl').write_text('{"step": 1, "knn_top1": 0.5}\n{"step": 2, "kn')
   assert visualize.read_metrics(str(tmp_path)) == [{'step': 1, 'knn_top1': 0.5}]  # Cut line.
   with pytest.raises(FileNotFoundError, match='holds no stage'):
