@@ -34,6 +34,7 @@ FULL_CHECK_MAX_BYTES = 2**30
 # Larger images are skipped: decoding one 144-megapixel PNG takes 430 MB as uint8 and several GB
 # once converted for augmentation; 64 MP is over five 12 MP phone photos' worth.
 MAX_PIXELS = 2**26
+MIN_SIDE = 4  # Smaller images carry no crop to learn from (a 1x1 image is one colour).
 
 # Path -> (height, width, is JPEG) from its header (set by find_unreadable).
 _sizes: dict[str, tuple[int, int, bool]] = {}
@@ -50,6 +51,8 @@ def _problem(path: str, size: int, full: bool) -> str:
       if image.format not in DECODABLE_FORMATS:
         return f'{image.format} is not decodable by tf.io.decode_image'
       width, height = image.size
+      if min(width, height) < MIN_SIDE:
+        return f'{width}x{height} is under the {MIN_SIDE} px minimum side (image_check.MIN_SIDE)'
       if width * height > MAX_PIXELS:
         return (f'{width}x{height} = {width * height / 1e6:.0f} MP is over the '
                 f'{MAX_PIXELS / 1e6:.0f} MP cap (image_check.MAX_PIXELS); downscale it')
