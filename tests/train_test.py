@@ -163,3 +163,18 @@ def test_bfloat16_step_tracks_float32_step():
   print(f'bf16 vs float32: loss {loss_16:.5f} vs {loss_32:.5f}, update rel. diff {relative:.4f}, '
         f'cosine {cosine:.4f}')
   assert relative < 0.25 and cosine > 0.97
+
+
+def test_metrics_jsonl_is_appended_line_by_line_on_a_local_disk(tmp_path, monkeypatch):
+  import json
+
+  from etils import epath
+
+  def no_rewrite(*args, **kwargs):
+    raise AssertionError('metrics.jsonl rewritten whole')
+
+  monkeypatch.setattr(epath.Path, 'write_text', no_rewrite)
+  for step in (1, 2):
+    train._append_jsonl(str(tmp_path), {'step': step, 'loss': 0.5 * step})
+  lines = (tmp_path / train.METRICS_FILE).read_text().splitlines()
+  assert [json.loads(line) for line in lines] == [{'step': 1, 'loss': 0.5}, {'step': 2, 'loss': 1.0}]
