@@ -111,8 +111,8 @@ def _train_batch(batch_size: int, canvas_size: int, mesh) -> dict:
           'label': spec((), jnp.int32), 'index': spec((), jnp.int32), 'epoch': spec((), jnp.int32)}
 
 
-_OOM = re.compile(r'([\d.]+)([KMGT])\)? exceeds available HBM \(([\d.]+)([KMGT])')
-_UNITS = {'K': 2**10, 'M': 2**20, 'G': 2**30, 'T': 2**40}
+_OOM = re.compile(r'([\d.]+)([KMGTPE])\)? exceeds available HBM \(([\d.]+)([KMGTPE])')
+_UNITS = {'K': 2**10, 'M': 2**20, 'G': 2**30, 'T': 2**40, 'P': 2**50, 'E': 2**60}
 
 
 def _out_of_memory(error: Exception) -> tuple[float, float] | None:
