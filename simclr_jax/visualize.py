@@ -116,10 +116,14 @@ def stage_name(stage_workdir: str) -> str:
 
 
 def _load_split(config: ml_collections.ConfigDict, split: str):
+  """The whole split (one process draws the plots), big JPEGs decoded at reduced scale as for
+  training: a plot of 16 phone photos must not decode 16 x 36 MB."""
+  from simclr_jax.data import input as data_input
   from simclr_jax.data import sources
 
   data = config.data
-  return sources.load(data.dataset, split, folder=data.folder, data_dir=data.tfds_data_dir)
+  return sources.load(data.dataset, split, folder=data.folder, data_dir=data.tfds_data_dir,
+                      min_decoded_side=data_input.MIN_SIDE_FACTOR * data.image_size)
 
 
 def _spread(source, count: int):

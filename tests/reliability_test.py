@@ -1,5 +1,6 @@
 """Preemption-safe, deterministic resume; NaN detection; atomic checkpoints; workdir safety."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -8,6 +9,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -150,13 +152,11 @@ def _poison_from_step(monkeypatch, first_bad_step):
   def poisoned(config):
     data = make(config)
 
-    def batches(start_step):
-      for step, batch in enumerate(data.make_iterator(start_step), start=start_step + 1):
-        if step >= first_bad_step:
-          batch = dict(batch, view_a=np.full_like(batch['view_a'], np.nan))
-        yield batch
+    def prepare(batch, dataset, step):  # In the step: `step` counts the steps done before it.
+      views = data.prepare(batch, dataset, step)
+      return dict(views, view_a=jnp.where(step + 1 >= first_bad_step, jnp.nan, views['view_a']))
 
-    return data_input.TrainData(data.num_examples, data.num_classes, data.class_names, batches)
+    return dataclasses.replace(data, prepare=prepare)
 
   monkeypatch.setattr(data_input, 'make_pretrain_data', poisoned)
 
