@@ -10,6 +10,7 @@ config supplies the data.
 """
 
 import os
+import sys
 
 import numpy as np
 from absl import app, flags, logging
@@ -52,7 +53,15 @@ def embed(config, workdir: str, split: str | None = None, output: str = 'feature
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  features, labels = embed(_CONFIG.value, _WORKDIR.value, _SPLIT.value, _OUTPUT_KEY.value)
+  from simclr_jax import cli
+  from simclr_jax.errors import ConfigError
+
+  try:
+    features, labels = embed(_CONFIG.value, _WORKDIR.value, _SPLIT.value, _OUTPUT_KEY.value)
+  except (ConfigError, FileNotFoundError) as error:
+    if cli.verbose():
+      raise
+    sys.exit(f'error: {error}')  # One line (SIMCLR_VERBOSE=1 for the traceback).
   os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
   np.savez(_OUTPUT.value, features=features, labels=labels)
   print(f'Wrote {_OUTPUT.value}: features {features.shape} float32, labels {labels.shape}')

@@ -171,3 +171,16 @@ def test_verbose_brings_the_traceback_back(tmp_path):
     [sys.executable, '-m', 'simclr_jax.main', '--config=configs/demo.py', f'--workdir={tmp_path}',
      '--config.train.nosuchfield=1'], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert loud.returncode != 0 and 'Traceback' in loud.stderr and 'nosuchfield' in loud.stderr
+
+
+def test_embed_on_a_run_workdir_names_its_stages_in_one_line(tmp_path):
+  (tmp_path / 'pretrain' / 'checkpoints').mkdir(parents=True)
+  (tmp_path / 'finetune' / 'checkpoints').mkdir(parents=True)
+  result = subprocess.run(
+    [sys.executable, '-m', 'simclr_jax.embed', '--config=configs/demo.py',
+     f'--workdir={tmp_path}', f'--output={tmp_path / "e.npz"}'],
+    cwd=REPO, env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True, text=True,
+    timeout=300)
+  assert result.returncode == 1 and 'Traceback' not in result.stderr
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith(f'error: {tmp_path} is a run workdir, not a stage workdir; pass one of')
