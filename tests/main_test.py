@@ -49,6 +49,12 @@ def test_demo_trains_checkpoints_and_resumes(tmp_path):
   resumed = train.train_and_evaluate(longer, workdir)
   assert resumed['resumed_from_step'] == 6
   assert '8' in os.listdir(os.path.join(workdir, 'checkpoints'))
+  # wall_time_s covers every segment, not only the last one.
+  assert resumed['wall_time_s'] > results['wall_time_s']
+  # The parameter table goes to a file, written once (not to the log).
+  with open(os.path.join(workdir, 'parameters.txt')) as f:
+    table = f.read()
+  assert 'stem' in table or 'conv' in table.lower()
 
 
 def _run_main(*args):
@@ -138,6 +144,10 @@ def test_flat_folder_of_unlabeled_images_pretrains_end_to_end(tmp_path):
   assert os.listdir(workdir / 'pretrain' / 'checkpoints')
   again = _run_main(*args)  # A rerun finds the stage complete (its config was recorded as asked).
   assert again.returncode == 0, again.stderr[-3000:]
+  # Quiet by default: no parameter table, hyperparameter dump or orbax metadata warnings.
+  for noise in ('| Name', 'hparams', '_CHECKPOINT_METADATA', 'Metadata file does not exist'):
+    assert noise not in proc.stderr + again.stderr, noise
+  assert len(proc.stderr.splitlines()) < 30, proc.stderr  # One stage, 3 steps.
 
   output = tmp_path / 'features.npz'
   embed = subprocess.run(
