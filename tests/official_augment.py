@@ -7,8 +7,9 @@ same ops and constants as the official TF2 code, with explicit [2] seeds.
 
 import tensorflow as tf
 
+from simclr_jax.data.eval_view import _resize_bicubic  # The same TF2 bicubic as the package.
+
 # Official `data_util.py` constants.
-CROP_PROPORTION = 0.875
 MIN_OBJECT_COVERED = 0.1
 ASPECT_RATIO_RANGE = (3.0 / 4.0, 4.0 / 3.0)
 AREA_RANGE = (0.08, 1.0)
@@ -26,11 +27,6 @@ def _split(seed: tf.Tensor, num: int) -> tf.Tensor:
 def _bernoulli(seed: tf.Tensor, p: float) -> tf.Tensor:
   # Official `random_apply`: apply iff uniform[0, 1) < p.
   return tf.random.stateless_uniform([], seed, 0.0, 1.0) < p
-
-
-def _resize_bicubic(image: tf.Tensor, image_size: int) -> tf.Tensor:
-  # Official TF2: tf.image.resize(BICUBIC) = Keys a=-0.5, half-pixel centres, no antialias.
-  return tf.image.resize(image, [image_size, image_size], method='bicubic', antialias=False)
 
 
 def distorted_crop_box(image_shape: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
@@ -136,127 +132,6 @@ def preprocess_for_train(
   if crop:
     image = random_crop_with_resize(image, seeds[0], image_size)
   return _flip_colour_clip(image, seeds, image_size, color_jitter_strength, flip)
-
-
-def decode_crop(encoded: tf.Tensor, box_fn) -> tuple[tf.Tensor, tf.Tensor]:
-  """(uint8 [h, w, 3] window box_fn(image_shape) = [y, x, h, w], int32 image_shape [3]).
-
-  JPEG: the box comes from the header (`extract_jpeg_shape`) and only the window is decoded
-  (`decode_and_crop_jpeg`, as the official ImageNet pipelines do). Other formats (PNG, GIF, BMP,
-  WebP) are decoded whole and sliced. channels=3 turns grayscale and CMYK JPEGs into RGB, as
-  `tf.io.decode_image(channels=3)` does on the decoded path. Baseline 4:4:4, grayscale, CMYK
-  and progressive 4:4:4 JPEGs give bit-identical windows to decode-then-slice; with 4:2:0 or
-  4:2:2 chroma, libjpeg-turbo upsamples chroma at the window's left and right edge columns from
-  inside the window only, so those two columns can differ by a few levels (crop_decode_test).
-  The shape's channel entry is that of the file (1, 3 or 4), not 3.
-  """
-
-  def jpeg() -> tuple[tf.Tensor, tf.Tensor]:
-    shape = tf.image.extract_jpeg_shape(encoded)
-    return tf.image.decode_and_crop_jpeg(encoded, box_fn(shape), channels=3), shape
-
-  def other() -> tuple[tf.Tensor, tf.Tensor]:
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-    shape = tf.shape(image)
-    box = box_fn(shape)
-    return image[box[0]:box[0] + box[2], box[1]:box[1] + box[3]], shape
-
-  window, shape = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
-  window.set_shape([None, None, 3])
-  return window, shape
-
-
-def _union_box(boxes: tf.Tensor) -> tf.Tensor:
-  """The smallest box [y, x, h, w] holding every box of boxes [N, 4]."""
-  top_left = tf.reduce_min(boxes[:, :2], axis=0)
-  bottom_right = tf.reduce_max(boxes[:, :2] + boxes[:, 2:], axis=0)
-  return tf.concat([top_left, bottom_right - top_left], axis=0)
-
-
-def slice_crop(image: tf.Tensor, box_fn) -> tuple[tf.Tensor, tf.Tensor]:
-  """`decode_crop` for a decoded uint8 image: (image[box_fn(shape)], shape), no copy to float."""
-  shape = tf.shape(image)
-  box = box_fn(shape)
-  return image[box[0]:box[0] + box[2], box[1]:box[1] + box[3]], shape
-
-
-def encoded_train_views(
-  encoded: tf.Tensor,
-  seeds: tf.Tensor,
-  image_size: int,
-  color_jitter_strength: float,
-  flip: bool = True,
-) -> list[tf.Tensor]:
-  """`preprocess_for_train` views of an encoded image (tf.string), one per seed of seeds [V, 2].
-
-  Each crop box is drawn from the encoded shape with the same seed as on the decoded path, so
-  view i equals `preprocess_for_train(decode(encoded) / 255, seeds[i], ...)` up to the JPEG edge
-  columns noted in `decode_crop`. The image is decoded once, over the smallest window that holds
-  every view's crop (two random crops rarely cover the whole image), and each view slices it.
-  """
-  return train_views(lambda box_fn: decode_crop(encoded, box_fn), seeds, image_size,
-                     color_jitter_strength, flip)
-
-
-def decoded_train_views(
-  image: tf.Tensor, seeds: tf.Tensor, image_size: int, color_jitter_strength: float,
-  flip: bool = True,
-) -> list[tf.Tensor]:
-  """`preprocess_for_train(image / 255, seeds[i], ...)` for each seed, exactly, of a uint8 image,
-  converting only the window the crops need to float (a 12 MP photo is 144 MB as float32)."""
-  return train_views(lambda box_fn: slice_crop(image, box_fn), seeds, image_size,
-                     color_jitter_strength, flip)
-
-
-def train_views(
-  read_window, seeds: tf.Tensor, image_size: int, color_jitter_strength: float, flip: bool = True
-) -> list[tf.Tensor]:
-  """The views of one image given `read_window(box_fn) -> (uint8 window, image shape)`."""
-  view_seeds = [_split(seeds[i], 3) for i in range(seeds.shape[0])]  # crop, flip, colour each.
-
-  def boxes(shape: tf.Tensor) -> tf.Tensor:
-    return tf.stack([distorted_crop_box(shape, s[0]) for s in view_seeds])  # [V, 4]
-
-  window, shape = read_window(lambda shape: _union_box(boxes(shape)))
-  window = tf.image.convert_image_dtype(window, tf.float32)
-  view_boxes = boxes(shape)
-  origin = _union_box(view_boxes)[:2]
-  views = []
-  for i, seed in enumerate(view_seeds):
-    y, x = tf.unstack(view_boxes[i, :2] - origin)
-    crop = window[y:y + view_boxes[i, 2], x:x + view_boxes[i, 3]]
-    image = _resize_bicubic(crop, image_size)
-    views.append(_flip_colour_clip(image, seed, image_size, color_jitter_strength, flip))
-  return views
-
-
-def center_crop_box(image_shape: tf.Tensor, crop_proportion: float = CROP_PROPORTION) -> tf.Tensor:
-  """Official `center_crop` box [offset_y, offset_x, side, side] (int32) for a square target.
-
-  Side = rint(crop_proportion * min(H, W)) (official `_compute_crop_shape` with aspect 1), offsets
-  ((H - side) + 1) // 2 and ((W - side) + 1) // 2.
-  """
-  height, width = tf.unstack(tf.cast(image_shape[:2], tf.int32))
-  shorter = tf.cast(tf.minimum(height, width), tf.float32)
-  side = tf.cast(tf.math.rint(crop_proportion * shorter), tf.int32)
-  return tf.stack([(height - side + 1) // 2, (width - side + 1) // 2, side, side])
-
-
-def preprocess_for_eval(
-  image: tf.Tensor, image_size: int, crop_proportion: float = CROP_PROPORTION
-) -> tf.Tensor:
-  """The eval view [image_size, image_size, 3] float32 in [0, 1] of a float [H, W, 3] image.
-
-  Official `preprocess_for_eval`: centre crop + bicubic resize; for image_size <= 32 (CIFAR)
-  the official code does not crop (`data.py`: test_crop = image_size > 32). We still resize so
-  that a larger folder image fits; at equal size the half-pixel bicubic resize is the identity.
-  """
-  image = tf.convert_to_tensor(image, tf.float32)
-  if image_size > 32:
-    box = center_crop_box(tf.shape(image), crop_proportion)
-    image = tf.image.crop_to_bounding_box(image, box[0], box[1], box[2], box[3])
-  image = tf.reshape(_resize_bicubic(image, image_size), [image_size, image_size, 3])
-  return tf.clip_by_value(image, 0.0, 1.0)
 
 
 def gaussian_kernel(kernel_size: int, sigma: tf.Tensor) -> tf.Tensor:
