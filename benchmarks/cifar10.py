@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> dict:
 
   import jax
   from simclr_jax import train
-  from simclr_jax.data import device_data
+  from simclr_jax.data import folders
 
   config = common.load_config(os.path.join(common.REPO, 'configs', 'cifar10_r18.py'))
   config.stages = ('pretrain',)
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
   config.model.width_multiplier = args.width
   if args.blocks:
     config.model.blocks_per_stage = tuple(int(b) for b in args.blocks.split(','))
-  num_examples = len(device_data.list_folder(config.data.folder, 'train')[0])
+  num_examples = len(folders.list_image_folder(config.data.folder, 'train')[0])
   steps = args.steps or max(1, int(args.epochs * num_examples // args.batch))
   config.train.global_batch_size = args.batch
   config.train.train_steps = steps

@@ -25,7 +25,7 @@ import common  # noqa: F401  (puts the repo root on sys.path)
 import jax
 import numpy as np
 
-from simclr_jax.data import device_data
+from simclr_jax.data import resident
 
 
 def _jpeg_bytes(images: np.ndarray, side: int, noise: float = 0.0) -> list[bytes]:
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
   parser.add_argument('--skip_device', action='store_true', help='host pipelines only')
   parser.add_argument('--output', default='')
   args = parser.parse_args(argv)
-  images = device_data.load_split('demo', 'train').images  # uint8 [1000, 32, 32, 3]
+  images = resident.load_split('demo', 'train').images  # uint8 [1000, 32, 32, 3]
   cores = os.cpu_count()
   rows = []
   for image_size in (int(s) for s in args.sizes.split(',')):

@@ -14,7 +14,6 @@ import time
 
 import common  # noqa: F401  (puts the repo root on sys.path)
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from simclr_jax import sharding, stages, train

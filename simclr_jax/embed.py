@@ -33,6 +33,7 @@ def embed(config, workdir: str, split: str | None = None, output: str = 'feature
 
   from simclr_jax import checkpoints, evaluation, sharding, train
   from simclr_jax.data import input as data_input
+  from simclr_jax.data import views
 
   params, batch_stats, meta = checkpoints.restore_variables(workdir)
   saved_config = ml_collections.ConfigDict(meta['config']) if 'config' in meta else config
@@ -43,7 +44,7 @@ def embed(config, workdir: str, split: str | None = None, output: str = 'feature
   model = train.build_model(saved_config, num_classes)
   mesh = sharding.make_mesh()
   eval_data = data_input.make_eval_data(config, split or config.data.eval_split)
-  feature_step = evaluation.make_feature_step(model, mesh, output)
+  feature_step = evaluation.make_feature_step(model, mesh, views.make_eval_view(config), output)
   params, batch_stats = sharding.replicate(mesh, (params, batch_stats))
   features, labels = evaluation.extract_features(feature_step, params, batch_stats, eval_data, mesh)
   logging.info('Embedded %d examples of split %r: features %s', len(labels), split, features.shape)

@@ -1,7 +1,8 @@
 """Evaluation: exact top-1/top-5 over a split, encoder features, and the kNN monitor.
 
-Eval batches are padded to a fixed size with `mask` = 0 (pipeline.make_eval_dataset), so sums
-over masked examples are exact whatever the split size, on any number of hosts.
+Eval batches hold canvases (pipeline.make_eval_dataset); each step builds the eval view on the
+device first (`view`, from views.make_eval_view). Batches are padded to a fixed size with
+`mask` = 0, so sums over masked examples are exact whatever the split size, on any number of hosts.
 """
 
 from typing import Any
@@ -16,11 +17,15 @@ from simclr_jax import sharding, stages
 from simclr_jax.data import input as data_input
 
 
-def make_eval_step(model, mesh):
+def make_eval_step(model, mesh, view):
   """jit(shard_map): global sums of top-1/top-5 hits and the example count of one batch."""
   evaluate = stages.eval_fn(model)
+
+  def step(params, batch_stats, batch):
+    return evaluate(params, batch_stats, {**batch, 'image': view(batch)})
+
   sharded = jax.shard_map(
-    evaluate, mesh=mesh, in_specs=(P(), P(), P(sharding.DATA_AXIS)), out_specs=P()
+    step, mesh=mesh, in_specs=(P(), P(), P(sharding.DATA_AXIS)), out_specs=P()
   )
   return jax.jit(sharded)
 
@@ -40,11 +45,12 @@ def classification_accuracy(eval_step, params, batch_stats, eval_data, mesh) -> 
   }
 
 
-def make_feature_step(model, mesh, output: str = 'features'):
-  """jit(shard_map): the model's `output` (encoder features by default) in inference mode."""
+def make_feature_step(model, mesh, view, output: str = 'features'):
+  """jit(shard_map): the model's `output` (encoder features by default) in inference mode, of
+  the eval views of a batch of canvases ({'image', 'size'})."""
 
-  def features(params, batch_stats, images):
-    out = model.apply({'params': params, 'batch_stats': batch_stats}, images, train=False)
+  def features(params, batch_stats, canvases):
+    out = model.apply({'params': params, 'batch_stats': batch_stats}, view(canvases), train=False)
     return out[output].astype(jnp.float32)
 
   sharded = jax.shard_map(
@@ -61,7 +67,7 @@ def extract_features(
   features, labels, indices = [], [], []
   for host_batch in eval_data.batches():
     batch = sharding.global_batch_from_host(mesh, host_batch)
-    out = feature_step(params, batch_stats, batch['image'])
+    out = feature_step(params, batch_stats, {'image': batch['image'], 'size': batch['size']})
     gathered = multihost_utils.process_allgather(
       {'features': out, 'label': batch['label'], 'index': batch['index'], 'mask': batch['mask']},
       tiled=True,

@@ -224,16 +224,19 @@ def _eval_memory(config, model, state, mesh, num_devices: int) -> float:
   import jax.numpy as jnp
 
   from simclr_jax import evaluation, sharding
+  from simclr_jax.data import input as data_input
+  from simclr_jax.data import views
 
-  size = config.data.image_size
+  side = data_input.canvas_size(config)
   batch_size = math.ceil(config.train.eval_batch_size / num_devices) * num_devices
   data = sharding.data_sharded(mesh)
   batch = {
-    'image': jax.ShapeDtypeStruct((batch_size, size, size, 3), jnp.float32, sharding=data),
+    'image': jax.ShapeDtypeStruct((batch_size, side, side, 3), jnp.uint8, sharding=data),
+    'size': jax.ShapeDtypeStruct((batch_size, 2), jnp.int32, sharding=data),
     'label': jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=data),
     'mask': jax.ShapeDtypeStruct((batch_size,), jnp.float32, sharding=data),
   }
-  compiled = evaluation.make_eval_step(model, mesh).lower(
+  compiled = evaluation.make_eval_step(model, mesh, views.make_eval_view(config)).lower(
     state.params, state.batch_stats, batch).compile()
   memory = compiled.memory_analysis()
   return (memory.argument_size_in_bytes + memory.output_size_in_bytes

@@ -90,10 +90,10 @@ def _init_from(config, stage: str, source: str, prefixes: tuple[str, ...]) -> di
   params, batch_stats, _ = checkpoints.restore_variables(source)
   derived = stage_config(config, stage)
   if derived.data.device_resident:
-    from simclr_jax.data import device_data
+    from simclr_jax.data import resident
 
     data = derived.data
-    num_classes = len(device_data.load_split(
+    num_classes = len(resident.load_split(
       data.dataset, data.train_split, data.folder, data.tfds_data_dir).class_names)
   else:
     num_classes = data_input.load_source(derived, derived.data.train_split).num_classes

@@ -28,6 +28,7 @@ from clu import parameter_overview
 from simclr_jax import checkpoints, evaluation, optim, progress, sharding, stages, validation
 from simclr_jax import workdir as workdir_lib
 from simclr_jax.data import input as data_input
+from simclr_jax.data import views
 from simclr_jax.models import simclr as simclr_model
 # The step and its state live in step.py; these names stay importable from train.
 from simclr_jax.step import (  # noqa: F401 - re-exported
@@ -243,7 +244,7 @@ def train_and_evaluate(
   train_step = make_train_step(
     spec.loss_fn, tx, schedule, mesh, spec.trainable, spec.data.prepare,
     state_sharding=jax.tree.map(lambda x: x.sharding, state) if shard_state else None)
-  eval_step = evaluation.make_eval_step(spec.model, mesh)
+  eval_step = evaluation.make_eval_step(spec.model, mesh, views.make_eval_view(config))
   knn = _KnnMonitor(config, spec.model, mesh) if stage == 'pretrain' else None
   report_progress = progress.create_progress(total_steps, writer)
 
@@ -326,7 +327,7 @@ class _KnnMonitor:
 
   def __init__(self, config: ml_collections.ConfigDict, model, mesh):
     self.config, self.mesh = config, mesh
-    self.feature_step = evaluation.make_feature_step(model, mesh)
+    self.feature_step = evaluation.make_feature_step(model, mesh, views.make_eval_view(config))
     self.bank = data_input.make_eval_data(
       config, config.data.train_split, max_examples=config.knn.max_train_examples)
     self.queries = data_input.make_eval_data(config)

@@ -191,14 +191,14 @@ def encoder_features(
 ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
   """(features [N, D] float32, labels [N], class names) of up to `max_points` eval images.
 
-  Encoder output in inference mode on eval-preprocessed images, on one local device. Variables
+  Encoder output in inference mode on the eval views, on one local device. Variables
   are `variables` ({'params', 'batch_stats'}) if given, else the newest checkpoint's.
   """
   import jax
-  import tensorflow as tf
 
   from simclr_jax import checkpoints, train
-  from simclr_jax.data import eval_view
+  from simclr_jax.data import input as data_input
+  from simclr_jax.data import pipeline, views
 
   model_config = config
   if variables is None:
@@ -209,23 +209,25 @@ def encoder_features(
     params, batch_stats = variables['params'], variables.get('batch_stats', {})
   num_classes = params['head_supervised']['linear_layer']['dense']['kernel'].shape[-1]
   model = train.build_model(model_config, num_classes, bn_axis_name=None)
-  apply = jax.jit(lambda v, x: model.apply(v, x, train=False)['features'])
+  view = views.make_eval_view(config)  # The eval view, as the eval steps build it.
+  apply = jax.jit(lambda v, batch: model.apply(v, view(batch), train=False)['features'])
   device_variables = jax.device_put({'params': params, 'batch_stats': batch_stats},
                                     jax.local_devices()[0])
   data = config.data
   source = _load_split(config, data.eval_split)
+  canvas_size = data_input.canvas_size(config)
 
-  def preprocess(example):
-    image = tf.image.convert_image_dtype(example['image'], tf.float32)
-    return eval_view.preprocess_for_eval(image, data.image_size, data.eval_crop_proportion), \
-      example['label']
+  def place(example):
+    canvas, size = pipeline.to_canvas(example['image'], canvas_size)
+    return {'image': canvas, 'size': size}, example['label']
 
   batch_size = min(FEATURE_BATCH, max_points)
-  dataset = _spread(source, max_points).map(preprocess).batch(batch_size)
+  dataset = _spread(source, max_points).map(place).batch(batch_size)
   features, labels = [], []
-  for images, batch_labels in dataset.as_numpy_iterator():
-    count = len(images)  # Pad to a fixed batch: one compile.
-    padded = np.pad(images, [(0, batch_size - count), (0, 0), (0, 0), (0, 0)])
+  for batch, batch_labels in dataset.as_numpy_iterator():
+    count = len(batch_labels)  # Pad to a fixed batch: one compile.
+    padded = {key: np.pad(value, [(0, batch_size - count)] + [(0, 0)] * (value.ndim - 1))
+              for key, value in batch.items()}
     features.append(np.asarray(apply(device_variables, padded))[:count])
     labels.append(batch_labels)
   if not features:

@@ -115,7 +115,7 @@ def test_pretrain_batches_from_a_folder_with_bad_and_tiny_images(tmp_path):
     assert batch['image'].shape == (4, 32, 32, 3) and batch['image'].dtype == np.uint8
     assert np.all((batch['size'] >= 1) & (batch['size'] <= 32))
     assert list(batch['label']) == [-1] * 4
-  evaluation = pipeline.make_eval_dataset(source.dataset, batch_size=8, image_size=32)
+  evaluation = pipeline.make_eval_dataset(source, batch_size=8, canvas_size=32)
   (batch,) = list(evaluation.as_numpy_iterator())
   assert batch['image'].shape == (8, 32, 32, 3) and batch['mask'].sum() == len(GOOD)
 

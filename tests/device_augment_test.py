@@ -95,12 +95,22 @@ def test_crop_and_resize_matches_tf(box, size):
   np.testing.assert_allclose(actual, expected, atol=2e-3)
 
 
+def _saturation(image, factor):  # What color_jitter does with the HSV round trip.
+  hsv = da.rgb_to_hsv(image)
+  return da.hsv_to_rgb(hsv.at[..., 1].set(jnp.clip(hsv[..., 1] * factor, 0.0, 1.0)))
+
+
+def _hue(image, delta):
+  hsv = da.rgb_to_hsv(image)
+  return da.hsv_to_rgb(hsv.at[..., 0].set(jnp.mod(hsv[..., 0] + delta, 1.0)))
+
+
 @pytest.mark.parametrize('jax_op,tf_op,factor', [
   (da.adjust_contrast, tf.image.adjust_contrast, 0.7),
-  (da.adjust_saturation, tf.image.adjust_saturation, 1.3),
-  (da.adjust_saturation, tf.image.adjust_saturation, 0.4),
-  (da.adjust_hue, tf.image.adjust_hue, 0.07),
-  (da.adjust_hue, tf.image.adjust_hue, -0.09),
+  (_saturation, tf.image.adjust_saturation, 1.3),
+  (_saturation, tf.image.adjust_saturation, 0.4),
+  (_hue, tf.image.adjust_hue, 0.07),
+  (_hue, tf.image.adjust_hue, -0.09),
 ])
 def test_colour_ops_match_tf(jax_op, tf_op, factor):
   image = _image()
@@ -177,10 +187,12 @@ def test_color_jitter_applies_the_drawn_ops_in_the_drawn_order():
     key = jax.random.key(seed)
     k_order, k_factors = jax.random.split(key)
     factors = da.jitter_factors(k_factors, 1.0)
-    ops = [da.adjust_brightness, da.adjust_contrast, da.adjust_saturation, da.adjust_hue]
-    expected = image
-    for op in np.asarray(jax.random.permutation(k_order, 4)):  # Reference: one op at a time.
-      expected = jnp.clip(ops[op](expected, factors[op]), 0.0, 1.0)
+    # Reference: the TF ops one at a time (brightness is multiplicative, official 'simclrv2').
+    ops = [lambda x, f: x * f, tf.image.adjust_contrast, tf.image.adjust_saturation,
+           tf.image.adjust_hue]
+    expected = np.asarray(image)
+    for op in np.asarray(jax.random.permutation(k_order, 4)):
+      expected = np.clip(ops[op](expected, float(factors[op])), 0.0, 1.0)
     np.testing.assert_allclose(jax.jit(da.color_jitter, static_argnums=2)(key, image, 1.0),
                                expected, atol=1e-5)
 

@@ -1,10 +1,14 @@
-"""Tests for simclr_jax/data/eval_view.py: the official eval view (centre crop, bicubic resize)."""
+"""Tests for the eval view (device_augment.eval_view) against the official TF preprocess_for_eval
+(tests/official_augment.py)."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_jax.data import eval_view
+import official_augment
+from simclr_jax.data import device_augment as da
 
 
 @pytest.mark.parametrize(
@@ -12,28 +16,34 @@ from simclr_jax.data import eval_view
   [((256, 256), (16, 16, 224)), ((375, 500), (24, 86, 328)), ((64, 48), (11, 3, 42))],
 )
 def test_center_crop_box_matches_official_formula(shape, expected):
-  box = eval_view.center_crop_box(tf.constant(shape + (3,)), 0.875).numpy()
-  assert tuple(box) == expected + (expected[2],)
+  box = da.center_crop_box(*shape, 0.875)
+  assert tuple(np.asarray(box)) == expected + (expected[2],)
 
 
-def test_eval_view_is_numpy_centre_crop_then_bicubic_resize():
-  import jax  # An independent bicubic (Keys a=-0.5, half-pixel) implementation.
-
-  image = np.random.default_rng(1).uniform(size=(64, 48, 3)).astype(np.float32)
-  view = eval_view.preprocess_for_eval(image, 40).numpy()
-  side = int(np.rint(0.875 * 48))
-  top, left = (64 - side + 1) // 2, (48 - side + 1) // 2
-  crop = image[top : top + side, left : left + side]
-  expected = tf.image.resize(crop, [40, 40], method='bicubic', antialias=False).numpy()
-  np.testing.assert_allclose(view, np.clip(expected, 0, 1), atol=1e-6)
-  jax_expected = np.asarray(jax.image.resize(crop, (40, 40, 3), 'bicubic', antialias=False))
-  # TF's resize_bicubic reads its weights from a 1024-entry table: agreement to ~1e-3, not 1e-6.
-  np.testing.assert_allclose(view, np.clip(jax_expected, 0, 1), atol=2e-3)
+def _on_canvas(image: np.ndarray, side: int) -> tuple[jax.Array, jax.Array]:
+  """The image at the top left of a canvas whose padding is noise (it must never be read)."""
+  canvas = np.random.default_rng(9).integers(0, 256, (side, side, 3), np.uint8)
+  canvas[: image.shape[0], : image.shape[1]] = image
+  return jnp.asarray(canvas), jnp.asarray(image.shape[:2], jnp.int32)
 
 
-def test_eval_view_has_no_crop_at_cifar_size():
-  image = np.random.default_rng(2).uniform(size=(32, 32, 3)).astype(np.float32)
-  np.testing.assert_array_equal(eval_view.preprocess_for_eval(image, 32).numpy(), image)
-  bigger = np.random.default_rng(3).uniform(size=(36, 36, 3)).astype(np.float32)
-  expected = np.clip(tf.image.resize(bigger, [32, 32], method='bicubic').numpy(), 0, 1)
-  np.testing.assert_allclose(eval_view.preprocess_for_eval(bigger, 32).numpy(), expected, atol=1e-6)
+@pytest.mark.parametrize('shape, image_size', [((64, 48), 40), ((36, 36), 32), ((32, 32), 32)])
+def test_eval_view_is_the_official_one(shape, image_size):
+  image = np.random.default_rng(1).integers(0, 256, shape + (3,), np.uint8)
+  canvas, size = _on_canvas(image, 70)
+  view = jax.jit(da.eval_view, static_argnums=2)(canvas, size, image_size)
+  expected = official_augment.preprocess_for_eval(image.astype(np.float32) / 255.0, image_size)
+  # TF's resize_bicubic reads its weights from a 1024-entry table: agreement to ~1e-3 when scaling.
+  np.testing.assert_allclose(view, expected.numpy(), atol=2e-3)
+
+
+def test_eval_view_at_cifar_size_is_the_image_exactly():
+  image = np.random.default_rng(2).integers(0, 256, (32, 32, 3), np.uint8)
+  view = da.eval_view(*_on_canvas(image, 32), 32)
+  converted = tf.image.convert_image_dtype(image, tf.float32).numpy()  # Official uint8 -> float.
+  np.testing.assert_array_equal(view, converted)
+
+
+def test_a_padding_example_gives_zeros_not_nan():
+  view = da.eval_view(jnp.zeros([8, 8, 3], jnp.uint8), jnp.zeros([2], jnp.int32), 40)
+  assert np.all(np.asarray(view) == 0.0)

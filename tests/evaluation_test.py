@@ -5,6 +5,7 @@ import numpy as np
 
 from simclr_jax import evaluation, sharding
 from simclr_jax.data import input as data_input
+from simclr_jax.data import views
 
 
 def _numpy_knn(bank, bank_labels, queries, num_classes, k, temperature):
@@ -55,11 +56,12 @@ def test_extract_features_in_split_order_without_padding():
   config = demo_lib.get_config()
   config.train.eval_batch_size = 64  # 200 test images: 4 batches, the last one padded.
   mesh = sharding.make_mesh()
-  step = evaluation.make_feature_step(_Identity(), mesh)
+  step = evaluation.make_feature_step(_Identity(), mesh, views.make_eval_view(config))
   data = data_input.make_eval_data(config)
   features, labels = evaluation.extract_features(step, {}, {}, data, mesh)
   assert features.shape == (200, 3) and labels.shape == (200,)
-  expected = [b['image'].mean(axis=(1, 2))[b['mask'] > 0] for b in data.batches()]
+  view = views.make_eval_view(config)
+  expected = [np.asarray(view(b)).mean(axis=(1, 2))[b['mask'] > 0] for b in data.batches()]
   np.testing.assert_allclose(features, np.concatenate(expected), rtol=1e-4)
   assert np.bincount(labels).tolist() == [20] * 10
   assert jax.device_count() == 8

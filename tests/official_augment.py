@@ -7,7 +7,6 @@ same ops and constants as the official TF2 code, with explicit [2] seeds.
 
 import tensorflow as tf
 
-from simclr_jax.data.eval_view import _resize_bicubic  # The same TF2 bicubic as the package.
 
 # Official `data_util.py` constants.
 MIN_OBJECT_COVERED = 0.1
@@ -17,6 +16,29 @@ MAX_ATTEMPTS = 100
 COLOR_JITTER_PROBABILITY = 0.8
 GRAYSCALE_PROBABILITY = 0.2
 BLUR_SIGMA_RANGE = (0.1, 2.0)
+
+
+def _resize_bicubic(image: tf.Tensor, image_size: int) -> tf.Tensor:
+  # Official TF2: tf.image.resize(BICUBIC) = Keys a=-0.5, half-pixel centres, no antialias.
+  return tf.image.resize(image, [image_size, image_size], method='bicubic', antialias=False)
+
+
+def center_crop(image: tf.Tensor, crop_proportion: float) -> tf.Tensor:
+  """Official `center_crop` to a square: side rint(p * shorter side), offsets ((H - side) + 1) // 2."""
+  height, width = tf.shape(image)[0], tf.shape(image)[1]
+  side = tf.cast(tf.math.rint(crop_proportion * tf.cast(tf.minimum(height, width), tf.float32)),
+                 tf.int32)
+  return tf.image.crop_to_bounding_box(
+    image, (height - side + 1) // 2, (width - side + 1) // 2, side, side)
+
+
+def preprocess_for_eval(image: tf.Tensor, image_size: int, crop_proportion: float = 0.875):
+  """Official `preprocess_for_eval` on a float [H, W, 3] image in [0, 1]: centre crop (not at
+  <= 32 px, official `data.py` test_crop), bicubic resize, clip."""
+  image = tf.convert_to_tensor(image, tf.float32)
+  if image_size > 32:
+    image = center_crop(image, crop_proportion)
+  return tf.clip_by_value(_resize_bicubic(image, image_size), 0.0, 1.0)
 
 
 def _split(seed: tf.Tensor, num: int) -> tf.Tensor:

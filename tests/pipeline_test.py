@@ -2,11 +2,14 @@
 
 import itertools
 
+import jax
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_jax.data import eval_view, pipeline
+import official_augment
+from configs import demo as demo_lib
+from simclr_jax.data import pipeline, views
 
 
 def _source(num_examples: int = 10, size: int = 20) -> tf.data.Dataset:
@@ -82,27 +85,32 @@ def test_cache_gives_the_same_stream():
   _assert_same_batches(_take(_train(cache=True), 5), _take(_train(cache=False), 5))
 
 
-def test_eval_batches_are_in_order_and_padded_with_a_mask():
+def test_eval_batches_are_canvases_in_order_padded_with_a_mask():
   source = _source(10, size=40)
   batches = list(pipeline.iterate_numpy(
-    pipeline.make_eval_dataset(source, batch_size=4, image_size=36)
+    pipeline.make_eval_dataset(source, batch_size=4, canvas_size=48)
   ))
   assert len(batches) == 3
-  assert set(batches[0]) == {'image', 'label', 'index', 'mask'}
+  assert set(batches[0]) == {'image', 'size', 'label', 'index', 'mask'}
   for batch in batches:
-    assert batch['image'].shape == (4, 36, 36, 3) and batch['mask'].dtype == np.float32
+    assert batch['image'].shape == (4, 48, 48, 3) and batch['image'].dtype == np.uint8
+    assert batch['mask'].dtype == np.float32
   mask = np.concatenate([b['mask'] for b in batches])
   np.testing.assert_array_equal(mask, [1] * 10 + [0] * 2)
   np.testing.assert_array_equal(np.concatenate([b['label'] for b in batches])[:10], range(10))
-  assert not batches[-1]['image'][2:].any()
+  assert not batches[-1]['image'][2:].any() and not batches[-1]['size'][2:].any()
+  # The eval view the device builds is the official one of the original image.
   images = [x['image'] for x in source.as_numpy_iterator()]
-  expected = eval_view.preprocess_for_eval(images[9].astype(np.float32) / 255.0, 36).numpy()
-  np.testing.assert_allclose(batches[2]['image'][1], expected, atol=1e-6)
+  config = demo_lib.get_config()
+  config.data.image_size = 36
+  view = np.asarray(jax.jit(views.make_eval_view(config))(batches[2]))
+  expected = official_augment.preprocess_for_eval(images[9].astype(np.float32) / 255.0, 36).numpy()
+  np.testing.assert_allclose(view[1], expected, atol=2e-3)
 
 
 def test_eval_pads_to_a_common_number_of_batches():
-  dataset = pipeline.make_eval_dataset(_source(5), batch_size=4, image_size=20, num_batches=4)
+  dataset = pipeline.make_eval_dataset(_source(5), batch_size=4, canvas_size=20, num_batches=4)
   batches = list(pipeline.iterate_numpy(dataset))
   assert [float(b['mask'].sum()) for b in batches] == [4.0, 1.0, 0.0, 0.0]
   with pytest.raises(ValueError, match='num_batches=1'):
-    pipeline.make_eval_dataset(_source(5), batch_size=4, image_size=20, num_batches=1)
+    pipeline.make_eval_dataset(_source(5), batch_size=4, canvas_size=20, num_batches=1)

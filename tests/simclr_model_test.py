@@ -3,7 +3,6 @@
 import ast
 import collections
 import functools
-import pathlib
 
 import jax
 import jax.numpy as jnp

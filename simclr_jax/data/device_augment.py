@@ -10,6 +10,7 @@ computed and kept or discarded with `jnp.where`.
     train_view:       random resized crop -> flip -> colour (jitter p=0.8, gray p=0.2) -> clip
                       [-> per-image Gaussian blur p=0.5 -> clip]; crop + flip only at strength 0
     batch_random_blur: the official blur, one sigma per replica batch
+    eval_view:        the deterministic eval view: centre crop (none at <= 32 px) -> resize
 
 Notes against the official TF code:
   * Blur: official draws ONE sigma per replica batch (`batch_random_blur`, data.blur_mode
@@ -26,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 # Official `data_util.py` constants.
+CROP_PROPORTION = 0.875  # Eval centre crop.
 MIN_OBJECT_COVERED = 0.1
 ASPECT_RATIO_RANGE = (3.0 / 4.0, 4.0 / 3.0)
 AREA_RANGE = (0.08, 1.0)
@@ -39,8 +41,9 @@ GRAYSCALE_WEIGHTS = (0.2989, 0.5870, 0.1140)  # tf.image.rgb_to_grayscale.
 
 
 def to_float(images_uint8: jax.Array) -> jax.Array:
-  """uint8 -> float32 in [0, 1] by /255 (official `convert_image_dtype`)."""
-  return images_uint8.astype(jnp.float32) / 255.0
+  """uint8 -> float32 in [0, 1], exactly as the official `tf.image.convert_image_dtype`: times
+  float32(1 / 255), which differs from / 255 in the last bit for about half the values."""
+  return images_uint8.astype(jnp.float32) * jnp.float32(1.0 / 255.0)
 
 
 # ----------------------------------------------------------------------------- random crop
@@ -173,20 +176,6 @@ def hsv_to_rgb(image: jax.Array) -> jax.Array:
   return value[..., None] * (1.0 - saturation[..., None] + saturation[..., None] * rgb)
 
 
-def adjust_saturation(image: jax.Array, factor: jax.Array) -> jax.Array:
-  """tf.image.adjust_saturation: HSV saturation * factor, clipped to [0, 1]."""
-  hsv = rgb_to_hsv(image)
-  hsv = hsv.at[..., 1].set(jnp.clip(hsv[..., 1] * factor, 0.0, 1.0))
-  return hsv_to_rgb(hsv)
-
-
-def adjust_hue(image: jax.Array, delta: jax.Array) -> jax.Array:
-  """tf.image.adjust_hue: HSV hue + delta, wrapped to [0, 1)."""
-  hsv = rgb_to_hsv(image)
-  hsv = hsv.at[..., 0].set(jnp.mod(hsv[..., 0] + delta, 1.0))
-  return hsv_to_rgb(hsv)
-
-
 def to_grayscale(image: jax.Array) -> jax.Array:
   """tf.image.rgb_to_grayscale (0.2989, 0.5870, 0.1140), tiled to 3 channels (official)."""
   gray = jnp.tensordot(image, jnp.asarray(GRAYSCALE_WEIGHTS, image.dtype), axes=[[-1], [0]])
@@ -296,3 +285,31 @@ def train_view(
   if blur_per_image:
     image = random_blur(k_blur, image)
   return image
+
+
+def center_crop_box(height: jax.Array, width: jax.Array, crop_proportion: float) -> jax.Array:
+  """Official `center_crop` box [offset_y, offset_x, side, side] (int32) for a square view.
+
+  side = rint(crop_proportion * min(H, W)) (official `_compute_crop_shape` with aspect 1),
+  offsets ((H - side) + 1) // 2 and ((W - side) + 1) // 2.
+  """
+  height, width = jnp.asarray(height, jnp.int32), jnp.asarray(width, jnp.int32)
+  side = _lrint(crop_proportion * jnp.minimum(height, width).astype(jnp.float32))
+  return jnp.stack([(height - side + 1) // 2, (width - side + 1) // 2, side, side])
+
+
+def eval_view(
+  canvas: jax.Array, size: jax.Array, image_size: int, crop_proportion: float = CROP_PROPORTION
+) -> jax.Array:
+  """The eval view [S, S, 3] float32 in [0, 1] of one image on a uint8 canvas (official
+  `preprocess_for_eval`): centre crop, bicubic resize, clip. At image_size <= 32 (CIFAR) the
+  official code does not crop (`data.py`: test_crop = image_size > 32); the image is still
+  resized, which at equal size is exactly the identity. A padding example (size 0) gives zeros.
+  """
+  height, width = jnp.maximum(size[0], 1), jnp.maximum(size[1], 1)
+  if image_size > 32:
+    box = center_crop_box(height, width, crop_proportion)
+  else:
+    box = jnp.stack([jnp.int32(0), jnp.int32(0), height, width])
+  image = crop_and_resize(to_float(canvas), box, image_size)
+  return jnp.clip(image, 0.0, 1.0)

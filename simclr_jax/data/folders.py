@@ -1,7 +1,7 @@
 """Listing image folders: root/<split>/<class>/*.{jpg,jpeg,png} or a flat folder of images.
 
 The one listing shared by the tf.data sources (`sources.py`, which also sets unreadable files
-aside) and the TensorFlow-free device-resident data (`device_data.py`); no TensorFlow here.
+aside) and the TensorFlow-free device-resident data (`resident.py`); no TensorFlow here.
 """
 
 import os

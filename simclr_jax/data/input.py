@@ -121,7 +121,6 @@ def _host_pipeline_data(
       cache=config.data.cache,
       start_batch=start_step,
       process_index=jax.process_index(),
-      ignore_decode_errors=source.decode_errors_possible,
       **options,
     )
     return pipeline.iterate_numpy(dataset)
@@ -177,7 +176,8 @@ def make_resident_data(config: ml_collections.ConfigDict, stage: str, mesh) -> T
 def make_eval_data(
   config: ml_collections.ConfigDict, split: str | None = None, max_examples: int = 0
 ) -> EvalData:
-  """Eval-preprocessed batches of a split (default: data.eval_split), optionally its first N."""
+  """Eval batches of canvases of a split (default: data.eval_split), optionally its first N; the
+  eval and feature steps build the eval view on the device (views.make_eval_view)."""
   split = split or config.data.eval_split
   if config.data.device_resident:
     from simclr_jax.data import resident
@@ -192,13 +192,8 @@ def make_eval_data(
 
   def make_iterator() -> Batches:
     dataset = pipeline.make_eval_dataset(
-      source,
-      batch_size=host_batch_size,
-      image_size=config.data.image_size,
-      crop_proportion=config.data.eval_crop_proportion,
-      num_batches=num_batches,
-      cache=config.data.cache,
-    )
+      source, batch_size=host_batch_size, canvas_size=canvas_size(config), num_batches=num_batches,
+      cache=config.data.cache)
     return pipeline.iterate_numpy(dataset)
 
   return EvalData(num_examples, source.num_classes, make_iterator)

@@ -1,10 +1,10 @@
 """The host half of the one data path: a source's examples -> canvas batches, and eval batches.
 
     train: the source's epochs (sources.Source.epochs) -> decode -> onto a uint8 canvas -> batch
-    eval:  in order -> centre crop -> bicubic resize -> batch, padded with a 0/1 `mask`
+    eval:  in order -> decode -> onto a uint8 canvas -> batch, padded with a 0/1 `mask`
 
 Training batches carry no augmentation: every random op (crop, flip, colour, blur) runs on the
-device inside the step (data/views.py, data/device_eval_view.py). The host decodes each image and
+device inside the step (data/views.py). The host decodes each image and
 places it, unscaled, at the top left of a fixed canvas_size x canvas_size uint8 canvas; an image
 larger than the canvas is first scaled down to fit (aspect kept, antialiased). Its size travels
 with it, so the device's random crop sees the image's own shape, as the official crop does.
@@ -25,7 +25,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from simclr_jax.data import eval_view, sources
+from simclr_jax.data import sources
+
 
 def _options(threadpool_size: int) -> tf.data.Options:
   options = tf.data.Options()
@@ -46,63 +47,31 @@ def _shuffled_epochs(source, *, seed: int, shuffle_buffer: int, cache: bool, sta
     process_index=process_index, num_epochs=num_epochs)
 
 
-def _to_float(image: tf.Tensor) -> tf.Tensor:
-  return tf.image.convert_image_dtype(image, tf.float32)  # uint8 -> [0, 1] by /255 (official).
-
-
-def _map_examples(dataset: tf.data.Dataset, fn, ignore_decode_errors: bool) -> tf.data.Dataset:
-  dataset = dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
-  if ignore_decode_errors:
-    # Encoded images of a folder checked by headers only (image_check.py) are first decoded
-    # here: drop a corrupt one (TF logs it) rather than stop training, as sources.py does for
-    # decoded folders. Dropped before batching, so batches stay full and deterministic.
-    dataset = dataset.ignore_errors(log_warning=True)
-  return dataset
-
-
 def _finish(dataset: tf.data.Dataset, threadpool_size: int) -> tf.data.Dataset:
   return dataset.prefetch(tf.data.AUTOTUNE).with_options(_options(threadpool_size))
 
 
 def make_eval_dataset(
-  source_ds: tf.data.Dataset,
+  source,
   *,
   batch_size: int,
-  image_size: int,
-  crop_proportion: float = eval_view.CROP_PROPORTION,
+  canvas_size: int,
   num_batches: int | None = None,
   cache: bool = False,
   threadpool_size: int = 48,
 ) -> tf.data.Dataset:
-  """Finite, in-order batches {'image': float32 [B,S,S,3], 'label', 'index': int32 [B], 'mask'}.
+  """Finite, in-order batches of canvases {'image', 'size', 'label', 'index', 'mask'}.
 
-  The last batch is padded to `batch_size` with zero images, label 0 and mask 0 (official TF1
-  eval padding), so a masked sum over all batches is exact. `num_batches` pads further with
-  all-masked batches so that every host runs the same number of eval steps.
+  The device builds the eval view (views.make_eval_view). The last batch is padded to
+  `batch_size` with empty canvases, size 0, label 0 and mask 0 (official TF1 eval padding), so a
+  masked sum over all batches is exact. `num_batches` pads further with all-masked batches so
+  that every host runs the same number of eval steps.
   """
-  source_ds = sources.as_source(source_ds).ordered(cache)
 
-  def preprocess(example: dict) -> dict:
-    if 'encoded' not in example and image_size > 32:  # Centre crop in uint8, then float.
-      window, _ = eval_view.slice_crop(
-        example['image'], lambda shape: eval_view.center_crop_box(shape, crop_proportion))
-      image = eval_view.preprocess_for_eval(_to_float(window), image_size, crop_proportion=1.0)
-    elif 'encoded' not in example:
-      image = eval_view.preprocess_for_eval(_to_float(example['image']), image_size, crop_proportion)
-    elif image_size > 32:
-      # Decode only the centre square; cropping that square again with proportion 1 is a no-op.
-      window, _ = eval_view.decode_crop(
-        example['encoded'], lambda shape: eval_view.center_crop_box(shape, crop_proportion))
-      image = eval_view.preprocess_for_eval(_to_float(window), image_size, crop_proportion=1.0)
-    else:
-      window, _ = eval_view.decode_crop(example['encoded'], _whole_box)
-      image = eval_view.preprocess_for_eval(_to_float(window), image_size, crop_proportion)
-    return {
-      'image': image,
-      'label': example['label'],
-      'index': tf.cast(example['index'], tf.int32),  # Position in the split (for ordering).
-      'mask': tf.constant(1.0),
-    }
+  def place(example: dict) -> dict:
+    canvas, size = to_canvas(example['image'], canvas_size)
+    return {'image': canvas, 'size': size, 'label': tf.cast(example['label'], tf.int32),
+            'index': tf.cast(example['index'], tf.int32), 'mask': tf.constant(1.0)}
 
   def pad(batch: dict) -> dict:
     missing = batch_size - tf.shape(batch['mask'])[0]
@@ -113,32 +82,16 @@ def make_eval_dataset(
       padded[key].set_shape([batch_size] + value.shape.as_list()[1:])
     return padded
 
-  dataset = source_ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
-  dataset = dataset.batch(batch_size).map(pad)
+  dataset = sources.as_source(source).ordered(cache)
+  dataset = dataset.map(place, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).map(pad)
   if num_batches is not None:
     have = int(dataset.cardinality())
     if have > num_batches:
       raise ValueError(f'eval needs {have} batches on this host but num_batches={num_batches}.')
-    empty = tf.data.Dataset.from_tensors({
-      'image': tf.zeros([batch_size, image_size, image_size, 3]),
-      'label': tf.zeros([batch_size], tf.int32),
-      'index': tf.zeros([batch_size], tf.int32),
-      'mask': tf.zeros([batch_size]),
-    })
+    empty = tf.data.Dataset.from_tensors(tf.nest.map_structure(
+      lambda spec: tf.zeros(spec.shape, spec.dtype), dataset.element_spec))
     dataset = dataset.concatenate(empty.repeat()).take(num_batches)
   return _finish(dataset, threadpool_size)
-
-
-def _whole_box(shape: tf.Tensor) -> tf.Tensor:
-  return tf.stack([0, 0, shape[0], shape[1]])
-
-
-def _decoded(example: dict) -> tf.Tensor:
-  if 'encoded' not in example:
-    return example['image']
-  image = tf.io.decode_image(example['encoded'], channels=3, expand_animations=False)
-  image.set_shape([None, None, 3])
-  return image
 
 
 def to_canvas(image: tf.Tensor, canvas_size: int) -> tuple[tf.Tensor, tf.Tensor]:
@@ -175,17 +128,13 @@ def make_train_dataset(
   process_index: int = 0,
   num_epochs: int | None = None,
   threadpool_size: int = 48,
-  ignore_decode_errors: bool = False,
 ) -> tf.data.Dataset:
   """Infinite host batches of canvases (module docstring), every stage alike.
 
-  Batches do not respect epoch boundaries (drop_remainder only at the end of a finite run).
-  `ignore_decode_errors`: skip examples whose encoded image fails to decode (for undecoded
-  sources of folders checked by headers only, `Source.decode_errors_possible`).
-  """
+  Batches do not respect epoch boundaries (drop_remainder only at the end of a finite run).  """
 
   def place(example: dict) -> dict:
-    canvas, size = to_canvas(_decoded(example), canvas_size)
+    canvas, size = to_canvas(example['image'], canvas_size)
     return {
       'image': canvas,
       'size': size,
@@ -199,7 +148,7 @@ def make_train_dataset(
     start_example=start_batch * host_batch_size, process_index=process_index,
     num_epochs=num_epochs,
   )
-  dataset = _map_examples(dataset, place, ignore_decode_errors)
+  dataset = dataset.map(place, num_parallel_calls=tf.data.AUTOTUNE)
   return _finish(dataset.batch(host_batch_size, drop_remainder=True), threadpool_size)
 
 

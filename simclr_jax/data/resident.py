@@ -1,26 +1,133 @@
-"""Device-resident training data (`data.device_resident=True`): the source that lives on device.
+"""Device-resident data (`data.device_resident=True`): a whole split on every device, no TensorFlow.
 
-The whole train split sits on every device as uint8 canvases with their sizes
-(`device_data.put_on_mesh`). Each step the host sends only the batch's example indices, labels
-and epochs, drawn from (seed, epoch) exactly as `device_data.batch_indices`; the jitted step
-gathers the canvases and builds the views with the same device half as the host path
-(views.py). Needs only JAX: TensorFlow is never imported.
+For small datasets (CIFAR-10: 50,000 x 32 x 32 x 3 uint8 = 154 MB) the host input pipeline is
+pure overhead: the split fits on every device, and the step gathers its own batch and builds the
+views with the device half of the one data path (views.py). The host then ships only the batch's
+example indices, labels and epochs.
+
+    load_split -> HostSplit (NumPy, Pillow-decoded) -> put_on_mesh -> {'images', 'sizes'}
+    batch_indices(seed, step, global_batch_size, num_examples) -> int32 [global_batch_size]
+
+Placement: the split is REPLICATED on every device (`P()`), as uint8 canvases (each image at the
+top left of a square of its longer side) with their sizes. A global per-epoch permutation sends
+any example to any device, so a sharded split would need an all-to-all gather per step;
+replication costs N x image bytes per device, which is the point of this path (small datasets).
+Large datasets (ImageNet) stay on the host pipeline (pipeline.py).
+
+Data order: epoch e is a permutation drawn from (seed, 'shuffle', e); batches run through the
+concatenated epochs (they cross epoch boundaries, like the host pipeline's repeat-then-batch), so
+`batch_indices` is a pure function of (seed, step). Eval batches are the canvases themselves,
+sent from the host in split order (the eval view is built on the device, views.make_eval_view).
 """
 
+import dataclasses
 import math
 from typing import Any, Callable, Iterator
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from simclr_jax.data import device_data, subsets
+from simclr_jax.data import folders, subsets
+
+_SHUFFLE = 1  # Purpose folded into the root key (as sources.SHUFFLE_PURPOSE).
+Batches = Iterator[dict[str, np.ndarray]]
 
 
+@dataclasses.dataclass(frozen=True)
+class HostSplit:
+  images: np.ndarray  # uint8 [N, H, W, 3]
+  labels: np.ndarray  # int32 [N], -1 = unlabeled
+  class_names: tuple[str, ...]
 
-def _split(config: ml_collections.ConfigDict, split: str) -> device_data.HostSplit:
+  @property
+  def num_examples(self) -> int:
+    return int(self.images.shape[0])
+
+  def canvases(self, indices: np.ndarray | slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 [n, C, C, 3] canvases, int32 [n, 2] sizes) of some examples; C = max(H, W)."""
+    images = self.images[indices]
+    height, width = self.images.shape[1:3]
+    side = max(height, width)
+    canvases = np.pad(images, [(0, 0), (0, side - height), (0, side - width), (0, 0)])
+    return canvases, np.tile(np.asarray([height, width], np.int32), (len(images), 1))
+
+
+def load_folder(root: str, split: str) -> HostSplit:
+  """Decodes every image of root/<split> with Pillow into uint8 [N, H, W, 3] (equal sizes)."""
+  from PIL import Image  # Pillow: decoding without TensorFlow.
+
+  paths, labels, class_names = folders.list_image_folder(root, split)
+  images = []
+  for path in paths:
+    with Image.open(path) as image:
+      array = np.asarray(image.convert('RGB'), dtype=np.uint8)  # Gray/RGBA -> RGB, as sources.
+    if images and array.shape != images[0].shape:
+      raise ValueError(f'{path} is {array.shape[:2]}, not {images[0].shape[:2]} like {paths[0]}; '
+                       'a device-resident split needs equal image sizes (use the host pipeline).')
+    images.append(array)
+  return HostSplit(np.stack(images), np.asarray(labels, np.int32), tuple(class_names))
+
+
+def load_tfds(name: str, split: str, data_dir: str | None = None) -> HostSplit:
+  """A whole tfds split as NumPy."""
+  import tensorflow_datasets as tfds  # Deferred: the folder path must work without TensorFlow.
+
+  builder = tfds.builder(name, data_dir=data_dir)
+  data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+  labels = data.get('label', np.full(len(data['image']), -1))
+  names = builder.info.features['label'].names if 'label' in builder.info.features else []
+  return HostSplit(np.asarray(data['image'], np.uint8), np.asarray(labels, np.int32), tuple(names))
+
+
+def load_split(dataset: str, split: str, folder: str = '', data_dir: str | None = None) -> HostSplit:
+  """As `sources.load` for a whole split: 'demo', 'folder' (Pillow) or a tfds name."""
+  if dataset in ('demo', 'folder'):
+    return load_folder(folders.demo_data_dir() if dataset == 'demo' else folder, split)
+  return load_tfds(dataset, split, data_dir)
+
+
+def put_on_mesh(mesh: Mesh, split: HostSplit) -> dict[str, jax.Array]:
+  """{'images': canvases, 'sizes'} of the split, replicated on every device (module docstring)."""
+  canvases, sizes = split.canvases()
+  return jax.device_put({'images': canvases, 'sizes': sizes}, NamedSharding(mesh, P()))
+
+
+def epoch_permutation(seed: int | jax.Array, epoch: int | jax.Array, num_examples: int) -> jax.Array:
+  """int32 [num_examples]: the order of epoch `epoch`, from (seed, 'shuffle', epoch). Jittable."""
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _SHUFFLE), epoch)
+  return jax.random.permutation(key, num_examples).astype(jnp.int32)
+
+
+def batch_indices(
+  seed: int | jax.Array, step: int | jax.Array, global_batch_size: int, num_examples: int
+) -> jax.Array:
+  """int32 [global_batch_size]: split indices of batch `step` (0-based). Jittable in `step`.
+
+  Position p = step * B + j of the endless stream is example perm(p // N)[p % N]. A batch spans
+  at most two epochs (B <= N). With a traced `step`, p is int32: valid while step * B < 2**31
+  (about 520k steps at batch 4096); a Python int step is exact for any step.
+  """
+  if global_batch_size > num_examples:
+    raise ValueError(f'global_batch_size={global_batch_size} > {num_examples} examples; a '
+                     'device-resident batch must not span more than two epochs.')
+  if isinstance(step, int):
+    epoch, offset = divmod(step * global_batch_size, num_examples)
+  else:
+    start = jnp.asarray(step, jnp.int32) * global_batch_size
+    epoch, offset = start // num_examples, start % num_examples
+  position = offset + jnp.arange(global_batch_size, dtype=jnp.int32)  # < 2N
+  first = epoch_permutation(seed, epoch, num_examples)
+  second = epoch_permutation(seed, epoch + 1, num_examples)
+  index = position % num_examples
+  return jnp.where(position >= num_examples, second[index], first[index])
+
+
+def _split(config: ml_collections.ConfigDict, split: str) -> HostSplit:
   data = config.data
-  return device_data.load_split(data.dataset, split, data.folder, data.tfds_data_dir)
+  return load_split(data.dataset, split, data.folder, data.tfds_data_dir)
 
 
 def labelled_positions(config: ml_collections.ConfigDict, labels: np.ndarray) -> np.ndarray:
@@ -43,15 +150,14 @@ def make_train_data(config: ml_collections.ConfigDict, stage: str, mesh):
       if config.distill.label_weight > 0:
         keep[labelled_positions(config, labels)] = True
       labels = np.where(keep, labels, -1).astype(np.int32)
-  dataset = device_data.put_on_mesh(mesh, split)
   global_batch = config.train.global_batch_size
   host_batch = global_batch // jax.process_count()
   first = jax.process_index() * host_batch
 
-  def make_iterator(start_step: int) -> Iterator[dict[str, np.ndarray]]:
+  def make_iterator(start_step: int) -> Batches:
     step = start_step
     while True:
-      order = np.asarray(device_data.batch_indices(config.seed, step, global_batch, len(pool)))
+      order = np.asarray(batch_indices(config.seed, step, global_batch, len(pool)))
       mine = slice(first, first + host_batch)
       index = pool[order[mine]].astype(np.int32)
       positions = step * global_batch + np.arange(global_batch)[mine]
@@ -59,30 +165,15 @@ def make_train_data(config: ml_collections.ConfigDict, stage: str, mesh):
       yield {'index': index, 'label': labels[index], 'epoch': epoch}
       step += 1
 
-  return (len(pool), split.class_names, make_iterator,
-          {'images': dataset.images, 'sizes': dataset.sizes})
-
-
-def eval_preprocess(images: np.ndarray, image_size: int, crop_proportion: float) -> np.ndarray:
-  """Official eval view on uint8 [B, H, W, 3]: centre crop (none at <= 32 px), bicubic resize."""
-  images = images.astype(np.float32) / 255.0
-  height, width = images.shape[1:3]
-  if image_size > 32:
-    side = int(np.rint(crop_proportion * min(height, width)))
-    top, left = (height - side + 1) // 2, (width - side + 1) // 2
-    images = images[:, top : top + side, left : left + side]
-  if images.shape[1:3] != (image_size, image_size):
-    images = np.asarray(jax.image.resize(
-      images, (len(images), image_size, image_size, 3), 'bicubic', antialias=False))
-  return np.clip(images, 0.0, 1.0)
+  return len(pool), split.class_names, make_iterator, put_on_mesh(mesh, split)
 
 
 def make_eval_iterator(
   config: ml_collections.ConfigDict, split: str, max_examples: int = 0
-) -> tuple[int, int, Callable[[], Iterator[dict[str, np.ndarray]]]]:
-  """(num_examples, num_classes, factory) of padded, masked eval batches of this host."""
+) -> tuple[int, int, Callable[[], Batches]]:
+  """(num_examples, num_classes, factory) of this host's padded, masked batches of canvases."""
   host_split = _split(config, split)
-  count = len(host_split.labels)
+  count = host_split.num_examples
   if 0 < max_examples < count:
     count = max_examples
   mine = np.arange(jax.process_index(), count, jax.process_count())
@@ -96,9 +187,8 @@ def make_eval_iterator(
       padded = np.zeros(host_batch, np.int32)
       padded[:real] = index
       mask = (np.arange(host_batch) < real).astype(np.float32)
-      images = eval_preprocess(host_split.images[padded], config.data.image_size,
-                               config.data.eval_crop_proportion)
-      yield {'image': images, 'label': host_split.labels[padded].astype(np.int32),
-             'index': padded, 'mask': mask}
+      canvases, sizes = host_split.canvases(padded)
+      yield {'image': canvases, 'size': sizes,
+             'label': host_split.labels[padded].astype(np.int32), 'index': padded, 'mask': mask}
 
   return count, len(host_split.class_names), make_iterator

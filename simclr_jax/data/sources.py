@@ -176,14 +176,9 @@ class Source:
   # Image folders: files left out because they cannot be decoded (image_check.py).
   num_skipped: int = 0
   skipped_paths: tuple[str, ...] = ()
-  # False for folders checked by headers only: a corrupt file then fails when decoded. Decoded
-  # sources drop it (TF logs it); undecoded ones tell the pipelines (`decode_errors_possible`).
+  # False for folders checked by headers only: a corrupt file then fails when decoded and is
+  # dropped (TF logs it).
   fully_checked: bool = True
-
-  @property
-  def decode_errors_possible(self) -> bool:
-    """Undecoded examples that may fail to decode: pass as the pipelines' ignore_decode_errors."""
-    return not self.decode and not self.fully_checked
 
   @property
   def num_examples(self) -> int:

@@ -1,4 +1,4 @@
-"""The device half of the one data path: a host batch of canvases -> the stage's training views.
+"""The device half of the one data path: a batch of canvases -> the stage's views.
 
 The host (pipeline.py) only decodes each image onto a fixed uint8 canvas; every random
 augmentation runs here, inside the jitted step, per device (`prepare` is called in `shard_map`):
@@ -8,6 +8,9 @@ augmentation runs here, inside the jitted step, per device (`prepare` is called 
        split on the device)
     -> pretrain: {'view_a', 'view_b': float32 [b, S, S, 3], 'label'}  (crop, flip, colour, blur)
     -> others:   {'image': float32 [b, S, S, 3], 'label'}             (crop, flip)
+
+Eval batches ({'image': uint8 canvases, 'size', 'label', 'index', 'mask'}) get the official
+deterministic eval view (`make_eval_view`) inside the eval and feature steps the same way.
 
 Keys: example i's views come from (seed, 'augment', epoch, split index of i), so a view depends
 on neither the device nor the batch it lands in, nor on how many hosts there are. The official
@@ -83,3 +86,14 @@ def make_prepare(config: ml_collections.ConfigDict, stage: str, axis_name: str) 
     return {'view_a': view_a, 'view_b': view_b, 'label': batch['label']}
 
   return prepare
+
+
+def make_eval_view(config: ml_collections.ConfigDict) -> Callable[[dict], jax.Array]:
+  """view(batch) -> float32 [b, S, S, 3]: the eval view of every canvas of an eval batch."""
+  image_size, crop_proportion = config.data.image_size, config.data.eval_crop_proportion
+
+  def view(batch: dict) -> jax.Array:
+    return jax.vmap(lambda canvas, size: device_augment.eval_view(
+      canvas, size, image_size, crop_proportion))(batch['image'], batch['size'])
+
+  return view

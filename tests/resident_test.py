@@ -1,4 +1,4 @@
-"""Tests for simclr_jax/data/device_data.py: folder order as sources.py, data order, no TF."""
+"""Tests for simclr_jax/data/resident.py: folder order as sources.py, data order, no TF."""
 
 import os
 import subprocess
@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from simclr_jax import sharding
-from simclr_jax.data import device_data
+from simclr_jax.data import resident
 
 
 def test_demo_folder_loads_in_sources_order():
-  split = device_data.load_split('demo', 'test')
+  split = resident.load_split('demo', 'test')
   assert split.images.dtype == np.uint8 and split.images.shape[1:] == (32, 32, 3)
   assert split.labels.dtype == np.int32 and len(split.class_names) == 10
   from simclr_jax.data import sources  # TF reference: same order, labels and pixels.
@@ -33,40 +33,41 @@ def test_flat_folder_and_unequal_sizes(tmp_path):
 
   for i, size in enumerate([(6, 6), (6, 6)]):
     Image.fromarray(np.full(size + (3,), i * 50, np.uint8)).save(tmp_path / f'{i}.png')
-  split = device_data.load_folder(str(tmp_path), 'train')
+  split = resident.load_folder(str(tmp_path), 'train')
   np.testing.assert_array_equal(split.labels, [-1, -1])
   Image.fromarray(np.zeros((5, 6, 3), np.uint8)).save(tmp_path / '2.png')
   with pytest.raises(ValueError, match='equal image sizes'):
-    device_data.load_folder(str(tmp_path), 'train')
+    resident.load_folder(str(tmp_path), 'train')
 
 
 def test_batch_indices_cover_each_epoch_once_and_are_deterministic():
   num_examples, batch = 10, 4
-  stream = np.concatenate([device_data.batch_indices(3, s, batch, num_examples) for s in range(5)])
+  stream = np.concatenate([resident.batch_indices(3, s, batch, num_examples) for s in range(5)])
   for epoch in range(2):
     np.testing.assert_array_equal(np.sort(stream[epoch * 10:(epoch + 1) * 10]), np.arange(10))
     np.testing.assert_array_equal(stream[epoch * 10:(epoch + 1) * 10],
-                                  device_data.epoch_permutation(3, epoch, num_examples))
+                                  resident.epoch_permutation(3, epoch, num_examples))
   assert not np.array_equal(stream[:10], stream[10:20])  # A new order each epoch.
-  traced = jax.jit(lambda s: device_data.batch_indices(3, s, batch, num_examples))
+  traced = jax.jit(lambda s: resident.batch_indices(3, s, batch, num_examples))
   for step in range(5):  # Traced step == Python-int step.
     np.testing.assert_array_equal(traced(jnp.int32(step)), stream[step * 4:(step + 1) * 4])
-  assert not np.array_equal(device_data.batch_indices(4, 0, batch, num_examples), stream[:4])
+  assert not np.array_equal(resident.batch_indices(4, 0, batch, num_examples), stream[:4])
   with pytest.raises(ValueError, match='two epochs'):
-    device_data.batch_indices(0, 0, 11, num_examples)
+    resident.batch_indices(0, 0, 11, num_examples)
 
 
 def test_put_on_mesh_replicates_canvases_and_sizes():
   mesh = sharding.make_mesh()
-  split = device_data.load_split('demo', 'test')
-  on_device = device_data.put_on_mesh(mesh, split)
-  assert on_device.images.sharding.is_fully_replicated and on_device.sizes.sharding.is_fully_replicated
-  np.testing.assert_array_equal(on_device.images, split.images)  # 32 x 32: the canvas is the image.
-  assert np.asarray(on_device.sizes).tolist() == [[32, 32]] * split.num_examples
-  wide = device_data.HostSplit(np.ones((3, 4, 6, 3), np.uint8), np.zeros(3, np.int32), ())
-  padded = device_data.put_on_mesh(mesh, wide)
-  assert padded.images.shape == (3, 6, 6, 3) and np.asarray(padded.sizes).tolist() == [[4, 6]] * 3
-  assert not np.asarray(padded.images)[:, 4:].any()
+  split = resident.load_split('demo', 'test')
+  on_device = resident.put_on_mesh(mesh, split)
+  assert all(array.sharding.is_fully_replicated for array in on_device.values())
+  np.testing.assert_array_equal(on_device['images'], split.images)  # 32 x 32: canvas = image.
+  assert np.asarray(on_device['sizes']).tolist() == [[32, 32]] * split.num_examples
+  wide = resident.HostSplit(np.ones((3, 4, 6, 3), np.uint8), np.zeros(3, np.int32), ())
+  padded = resident.put_on_mesh(mesh, wide)
+  assert padded['images'].shape == (3, 6, 6, 3)
+  assert np.asarray(padded['sizes']).tolist() == [[4, 6]] * 3
+  assert not np.asarray(padded['images'])[:, 4:].any()
 
 
 _NO_TF_SCRIPT = textwrap.dedent("""
@@ -75,9 +76,9 @@ _NO_TF_SCRIPT = textwrap.dedent("""
   sys.modules['tensorflow_datasets'] = None
   import jax
   import jax.numpy as jnp
-  from simclr_jax.data import device_data, views
-  split = device_data.load_split('demo', 'train')
-  indices = device_data.batch_indices(0, 3, 8, split.num_examples)
+  from simclr_jax.data import resident, views
+  split = resident.load_split('demo', 'train')
+  indices = resident.batch_indices(0, 3, 8, split.num_examples)
   images = jnp.take(jax.device_put(split.images), indices, axis=0)
   (a,) = views.train_views(jax.random.split(jax.random.key(0), 8), images,
                            jnp.full((8, 2), 32, jnp.int32), image_size=32, num_views=1)
