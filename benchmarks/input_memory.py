@@ -2,7 +2,7 @@
 
     python benchmarks/input_memory.py [FOLDER]     # default: the embedded demo set
 
-Runs `data.input.make_pretrain_data` with configs/demo.py's data settings (32 px, cache allowed)
+Runs `data.input.make_train_data` (pretrain) with configs/demo.py's data settings (32 px, cache allowed)
 and a host batch of 16 for three epochs, then prints the process's peak RSS (ru_maxrss). Photos:
 e.g. 20 or 200 4000x3000 JPEGs (12 MP) in a flat folder.
 """
@@ -13,6 +13,7 @@ import sys
 import common  # noqa: F401  (puts the repo root on sys.path)
 
 from configs import demo
+from simclr_jax import stages
 from simclr_jax.data import input as data_input
 
 
@@ -21,7 +22,7 @@ def main(argv: list[str]) -> float:
   if argv:
     config.data.dataset, config.data.folder = 'folder', argv[0]
   config.train.global_batch_size = 16
-  data = data_input.make_pretrain_data(config)
+  data = data_input.make_train_data(config, stages.get('pretrain'), None)
   batches = data.batches(0)
   steps = 3 * max(1, data.num_examples // 16)
   for _ in range(steps):

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from simclr_jax import sharding, stages, train
+from simclr_jax.models import load
 
 
 def _flops(lowered) -> float | None:
@@ -45,8 +46,8 @@ def main(argv: list[str] | None = None) -> dict:
   config.train.train_steps = 1000  # Only the schedule's length; no data is read.
   batch_size, image_size = config.train.global_batch_size, config.data.image_size
   mesh = sharding.make_mesh()
-  model = train.build_model(config, args.num_classes)
-  abstract_params = train.abstract_variables(model, image_size)['params']
+  model = load.build(config, args.num_classes)
+  abstract_params = load.abstract_variables(model, image_size)['params']
   tx, schedule, _ = train.build_optimizer(config, abstract_params, num_train_examples=50_000)
   state = train.init_state(model, tx, image_size, config.seed, mesh)
   loss_fn = stages.pretrain_loss_fn(

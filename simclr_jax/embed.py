@@ -31,21 +31,21 @@ def embed(config, workdir: str, split: str | None = None, output: str = 'feature
   """(features [N, D] float32, labels [N]) of a split, from the newest checkpoint in workdir."""
   import ml_collections
 
-  from simclr_jax import checkpoints, evaluation, sharding, train
+  from simclr_jax import evaluation, sharding
   from simclr_jax.data import input as data_input
   from simclr_jax.data import views
+  from simclr_jax.models import load
 
-  params, batch_stats, meta = checkpoints.restore_variables(workdir)
-  saved_config = ml_collections.ConfigDict(meta['config']) if 'config' in meta else config
-  num_classes = params['head_supervised']['linear_layer']['dense']['kernel'].shape[-1]
+  saved = load.load(workdir, config)
   # The saved architecture, the requested data.
-  saved_config.data = ml_collections.ConfigDict(config.data.to_dict())
-  saved_config.train.eval_batch_size = config.train.eval_batch_size
-  model = train.build_model(saved_config, num_classes)
+  model_config = ml_collections.ConfigDict(saved.config.to_dict())
+  model_config.data = ml_collections.ConfigDict(config.data.to_dict())
+  model = load.build(model_config, saved.num_classes)
   mesh = sharding.make_mesh()
   eval_data = data_input.make_eval_data(config, split or config.data.eval_split)
   feature_step = evaluation.make_feature_step(model, mesh, views.make_eval_view(config), output)
-  params, batch_stats = sharding.replicate(mesh, (params, batch_stats))
+  params, batch_stats = sharding.replicate(
+    mesh, (saved.variables['params'], saved.variables['batch_stats']))
   features, labels = evaluation.extract_features(feature_step, params, batch_stats, eval_data, mesh)
   logging.info('Embedded %d examples of split %r: features %s', len(labels), split, features.shape)
   return features.astype(np.float32), labels.astype(np.int64)

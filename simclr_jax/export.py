@@ -48,15 +48,11 @@ def unflatten_variables(flat: dict[str, np.ndarray]) -> dict[str, Any]:
   return variables
 
 
-def _num_classes(params: Any) -> int:
-  return int(params['head_supervised']['linear_layer']['dense']['kernel'].shape[-1])
-
-
 def inference_model(config: ml_collections.ConfigDict, params: Any):
   """The model of `config`'s architecture in single-device inference form (no BN axis)."""
-  from simclr_jax import train
+  from simclr_jax.models import load
 
-  return train.build_model(config, _num_classes(params), bn_axis_name=None)
+  return load.build(config, load.num_classes_of(params), bn_axis_name=None)
 
 
 def write_npz(output_dir: str, params: Any, batch_stats: Any, config_dict: dict) -> list[str]:
@@ -135,22 +131,19 @@ def export(
   The architecture is the one saved with the checkpoint; `config` (if given) supplies
   data.image_size for the SavedModel input (default: the saved config's).
   """
-  from simclr_jax import checkpoints
+  from simclr_jax.models import load
 
   if fmt not in FORMATS:
     raise ValueError(f'--format={fmt} is not one of {", ".join(FORMATS)}; pick one of them')
-  params, batch_stats, meta = checkpoints.restore_variables(workdir)
-  if 'config' not in meta and config is None:
-    raise ValueError(f'{workdir}: checkpoint has no saved config; pass --config=CONFIG_FILE')
-  config_dict = meta['config'] if 'config' in meta else json.loads(config.to_json_best_effort())
-  saved_config = ml_collections.ConfigDict(config_dict)
-  image_size = (config or saved_config).data.image_size
+  saved = load.load(workdir, config, bn_axis_name=None)
+  params, batch_stats = saved.variables['params'], saved.variables['batch_stats']
+  config_dict = json.loads(saved.config.to_json_best_effort())
+  image_size = (config or saved.config).data.image_size
   written = []
   if fmt in ('npz', 'both'):
     written += write_npz(output_dir, params, batch_stats, config_dict)
   if fmt in ('saved_model', 'both'):
-    model = inference_model(saved_config, params)
-    written.append(write_saved_model(output_dir, model, params, batch_stats, image_size))
+    written.append(write_saved_model(output_dir, saved.model, params, batch_stats, image_size))
   return written
 
 

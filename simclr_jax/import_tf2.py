@@ -294,18 +294,18 @@ def convert_variables(
   source: str = 'the SavedModel',
   config_name: str = 'the config',
 ) -> tuple[Any, Any, dict[str, Any]]:
-  """(params, batch_stats, info) for `train.build_model(config, num_classes)` from official
+  """(params, batch_stats, info) for `load.build(config, num_classes)` from official
   variables; raises ValueError listing every variable that does not fit."""
   from flax import traverse_util
 
-  from simclr_jax import train
+  from simclr_jax.models import load
 
   arch = infer_architecture(variables)
   diffs = _config_differences(arch, config)
   try:
     # bn_axis_name=None: only shapes are needed here, outside any mesh.
-    model = train.build_model(config, arch['num_classes'] or 1, bn_axis_name=None)
-    abstract = train.abstract_variables(model, config.data.image_size)
+    model = load.build(config, arch['num_classes'] or 1, bn_axis_name=None)
+    abstract = load.abstract_variables(model, config.data.image_size)
   except ValueError as error:
     raise ValueError(f'{config_name} cannot build a model for {source} ({"; ".join(diffs)}): '
                      f'{error}') from error

@@ -44,8 +44,10 @@ KNOWN_DATASETS = {
 
 def dataset_facts(config, stage: str) -> tuple[int, int]:
   """(num_classes, num_train_examples) of the data a stage trains on, without reading images."""
+  from simclr_jax import stages
+
   dataset = config.data.dataset
-  if stage in ('finetune', 'supervised') and config.finetune.dataset:
+  if stages.get(stage).examples == 'labelled' and config.finetune.dataset:
     dataset = config.finetune.dataset
   if dataset in KNOWN_DATASETS:
     return KNOWN_DATASETS[dataset]
@@ -128,11 +130,13 @@ def compile_stage(config, stage: str, tpu_slice: Slice, devices: list) -> dict[s
   """Compiles `stage`'s train and eval steps for the slice; returns one plan row."""
   import jax
 
-  from simclr_jax import run, sharding, train, validation
+  from simclr_jax import run, sharding, stages, train, validation
   from simclr_jax.data import input as data_input
   from simclr_jax.data import views
+  from simclr_jax.models import load
 
-  derived = run.stage_config(config, stage)
+  spec = stages.get(stage)
+  derived = spec.derive(config)
   hosts = len({d.process_index for d in devices})
   validation.validate_config(derived, len(devices), hosts)
   num_classes, num_examples = dataset_facts(derived, stage)
@@ -140,24 +144,24 @@ def compile_stage(config, stage: str, tpu_slice: Slice, devices: list) -> dict[s
   size = derived.data.image_size
   shard_state = derived.train.shard_state
   teacher_model = teacher = None
-  if stage == 'distill':  # The teacher is the fine-tuned model of this run.
-    teacher_config = run.stage_config(config, 'finetune')
-    teacher_model = train.build_model(teacher_config, num_classes,
-                                      supervised_head_stop_gradient=True)
-    shapes = train.abstract_variables(teacher_model, size)
+  if spec.teacher:  # The teacher: the stage of this run it names (by default the fine-tuned one).
+    teacher_stage = spec.teacher.run_stage(config) or spec.teacher.default
+    teacher_model = load.build(run.stage_config(config, teacher_stage), num_classes,
+                               supervised_head_stop_gradient=True)
+    shapes = load.abstract_variables(teacher_model, size)
     teacher = _abstract(shapes, train.teacher_shardings(shapes, mesh, shard_state))
-  parts = train.build_stage_parts(derived, stage, num_classes, teacher_model)
-  params = train.abstract_variables(parts.model, size)['params']
+  parts = train.build_stage_parts(derived, spec, num_classes, teacher_model)
+  params = load.abstract_variables(parts.model, size)['params']
   tx, schedule, _ = train.build_optimizer(derived, params, num_examples, parts.trainable)
   state = train.abstract_state(parts.model, tx, size, mesh, shard_state)
   # The real step: the device half of the input path (views.py) builds the views inside it.
-  prepare = views.make_prepare(derived, stage, sharding.DATA_AXIS)
+  prepare = views.make_prepare(derived, spec.views, sharding.DATA_AXIS)
   step = train.make_train_step(
     parts.loss_fn, tx, schedule, mesh, parts.trainable, prepare,
     state_sharding=jax.tree.map(lambda x: x.sharding, state) if shard_state else None)
   global_batch = derived.train.global_batch_size
   batch = _train_batch(global_batch, data_input.canvas_size(derived), mesh)
-  views = global_batch * (2 if stage == 'pretrain' else 1)
+  num_views = global_batch * spec.num_views
   row = {
     'stage': stage, 'accelerator_type': tpu_slice.accelerator_type,
     'topology': tpu_slice.topology, 'devices': len(devices), 'hosts': hosts,
@@ -168,9 +172,9 @@ def compile_stage(config, stage: str, tpu_slice: Slice, devices: list) -> dict[s
     'batch_gib': _bytes_per_device(batch) / GIB,
     'capacity_gib': tpu_slice.hbm_per_device / GIB,
   }
-  model_flops = 3 * forward_flops(parts.model, size) * views  # Forward + backward, all devices.
+  model_flops = 3 * forward_flops(parts.model, size) * num_views  # Forward + backward, all devices.
   if teacher_model is not None:
-    model_flops += forward_flops(teacher_model, size) * views
+    model_flops += forward_flops(teacher_model, size) * num_views
   row['model_tflop_per_device'] = model_flops / len(devices) / 1e12
   if row['state_gib'] + row['batch_gib'] > row['capacity_gib']:
     row.update(fits=False, needed_gib=row['state_gib'] + row['batch_gib'],
@@ -211,7 +215,7 @@ def compile_stage(config, stage: str, tpu_slice: Slice, devices: list) -> dict[s
   row['bound'] = 'compute' if row['tflop_per_device'] * 1e12 / peak >= (
     row['gb_per_device'] * 1e9 / bandwidth) else 'memory'
   row['step_ms'] = 1e3 * seconds
-  row['views_per_s_per_chip'] = views / tpu_slice.chips / seconds
+  row['views_per_s_per_chip'] = num_views / tpu_slice.chips / seconds
   row['mfu'] = row['model_tflop_per_device'] * 1e12 / (seconds * peak)
   row['host_images_per_s'] = global_batch / seconds / hosts
   row['eval_gib'] = _eval_memory(derived, parts.model, state, mesh, len(devices))

@@ -205,7 +205,7 @@ def stage_bars(
   top1_by_stage: Mapping[str, float],
   path: str,
   *,
-  baseline: str = 'supervised',
+  baseline: str = '',
   title: str = 'eval top-1 per stage',
   note: str = '',
 ) -> str:

@@ -1,29 +1,35 @@
-"""What makes a stage a stage: its loss, and which regularisers apply to which parameters.
+"""What makes a stage a stage: the registry of stages, their losses, and which parameters train.
 
-Every stage runs through the same loop in `train.py`; it differs only in the loss function built
-here. A loss function has the signature
+`REGISTRY` holds one `Stage` per stage (pretrain, finetune, distill, supervised): a declarative
+object naming its config overrides, data, loss, trainable parameters, what it initialises from
+and what it reports. Every stage runs through the same loop in `train.py`, which asks the stage
+instead of comparing names; adding a stage means adding an entry here (and a config section).
 
-    loss_fn(params, batch_stats, batch, aux) -> (loss, (new_batch_stats, metrics))
+A loss function has the signature
+
+    loss_fn(params, batch_stats, batch, teacher) -> (loss, (new_batch_stats, metrics))
 
 and runs inside `jax.shard_map` over the `data` mesh axis: `batch` is this device's slice,
-returned loss and metrics are global-batch means (pmean over the axis). `aux` holds replicated
-extra inputs (the frozen teacher's variables when distilling, else None).
+returned loss and metrics are global-batch means (pmean over the axis). `teacher` holds the
+frozen teacher's variables when distilling, else None.
 
 Which parameters train is a boolean pytree (`trainable_mask`); frozen ones enter the loss
 through `stop_gradient`, so their gradients are zero and no backward pass runs through them.
 """
 
+import dataclasses
+import os
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from simclr_jax import losses
 from simclr_jax.sharding import DATA_AXIS
 
 LossFn = Callable[[Any, Any, dict[str, jax.Array], Any], tuple[jax.Array, tuple[Any, dict]]]
-STAGES = ('pretrain', 'finetune', 'distill', 'supervised')
 
 
 def _path_names(path: tuple) -> list[str]:
@@ -78,8 +84,8 @@ def pretrain_loss_fn(
   """NT-Xent on the two views, plus the linear probe on stop-gradient features (official TF2
   `model.py`: the supervised head on stop_gradient(hiddens))."""
 
-  def loss_fn(params, batch_stats, batch, aux=None):
-    del aux
+  def loss_fn(params, batch_stats, batch, teacher=None):
+    del teacher
     views = jnp.concatenate([batch['view_a'], batch['view_b']])  # [2B, H, W, 3]
     out, updates = model.apply(
       {'params': params, 'batch_stats': batch_stats}, views, train=True, mutable=['batch_stats']
@@ -101,19 +107,19 @@ def pretrain_loss_fn(
 
 
 def trainable_mask(
-  params: Any, stage: str, *, fine_tune_after_block: int = -1, ft_proj_selector: int = 0,
-  num_proj_layers: int = 0,
+  params: Any, *, everything: bool = False, fine_tune_after_block: int = -1,
+  ft_proj_selector: int = 0, num_proj_layers: int = 0,
 ) -> Any:
   """Bool pytree: which parameters a stage trains (official `fine_tune_after_block`, §6).
 
-  Pretraining trains everything. Fine-tuning trains the encoder groups after
-  `fine_tune_after_block` (0 = stem, 1..4 = block groups; 4 = linear eval, only the classifier),
-  the projection-head layers below `ft_proj_selector` (TF2 keeps them trainable; frozen too when
-  the encoder is, i.e. at 4), and the classifier. Head layers above the selector are unused
-  outside pretraining and stay frozen (otherwise weight decay alone would move them).
+  `everything` (pretraining) trains every parameter. Otherwise: the encoder groups after
+  `fine_tune_after_block` (-1 = all, 0 = stem, 1..4 = block groups; 4 = linear eval, only the
+  classifier), the projection-head layers below `ft_proj_selector` (TF2 keeps them trainable;
+  frozen too when the encoder is, i.e. at 4), and the classifier. Head layers above the selector
+  are unused outside pretraining and stay frozen (otherwise weight decay alone would move them).
   """
   selector = ft_proj_selector % (num_proj_layers + 1)
-  after = -1 if stage in ('pretrain', 'distill', 'supervised') else fine_tune_after_block
+  after = fine_tune_after_block
 
   def block_of(names: list[str]) -> int:
     if 'stem' in names:
@@ -126,7 +132,7 @@ def trainable_mask(
   def trains(path, leaf) -> bool:
     del leaf
     names = _path_names(path)
-    if stage == 'pretrain' or names[0] == 'head_supervised':
+    if everything or names[0] == 'head_supervised':
       return True
     if names[0] == 'encoder':
       return block_of(names) > after
@@ -160,8 +166,8 @@ def finetune_loss_fn(
 ) -> LossFn:
   """Cross-entropy of the classifier on labelled crop+flip views (finetune, supervised)."""
 
-  def loss_fn(params, batch_stats, batch, aux=None):
-    del aux
+  def loss_fn(params, batch_stats, batch, teacher=None):
+    del teacher
     params = _freeze(params, mask)
     out, updates = model.apply(
       {'params': params, 'batch_stats': batch_stats}, batch['image'], train=True,
@@ -182,12 +188,12 @@ def distill_loss_fn(
 ) -> LossFn:
   """-sum softmax(teacher / tau) log_softmax(student / tau), plus alpha x labelled CE.
 
-  The teacher runs frozen in inference mode; its variables arrive as `aux` (replicated), so
-  they are an input of the compiled step rather than constants baked into it.
+  The teacher runs frozen in inference mode; its variables arrive as the loss's `teacher`
+  argument, so they are an input of the compiled step rather than constants baked into it.
   """
 
-  def loss_fn(params, batch_stats, batch, aux):
-    teacher_out = teacher.apply(aux, batch['image'], train=False)
+  def loss_fn(params, batch_stats, batch, teacher_variables):
+    teacher_out = teacher.apply(teacher_variables, batch['image'], train=False)
     teacher_logits = jax.lax.stop_gradient(teacher_out['logits_sup'])
     params = _freeze(params, mask)
     out, updates = student.apply(
@@ -229,3 +235,161 @@ def eval_fn(model: nn.Module) -> Callable[[Any, Any, dict[str, jax.Array]], dict
 
   return evaluate
 
+
+
+# ----------------------------------------------------------------------------- the registry
+
+
+@dataclasses.dataclass(frozen=True)
+class Restore:
+  """Another stage's workdir that a stage reads variables from, named by a config field.
+
+  The field's value: '' -> this run's `default` stage (None: nothing, a fresh init); the name of
+  a stage -> this run's stage of that name; anything else -> the path of a stage workdir.
+  """
+
+  field: str  # Dotted config path, e.g. 'finetune.init_from'.
+  default: str | None = None
+
+  def value(self, config: ml_collections.ConfigDict) -> str:
+    return str(lookup(config, self.field) or '')
+
+  def run_stage(self, config: ml_collections.ConfigDict) -> str | None:
+    """The stage of this run it reads, or None (a path, or nothing)."""
+    value = self.value(config)
+    return value if value in REGISTRY else (self.default if not value else None)
+
+  def source(self, config: ml_collections.ConfigDict, workdir: str) -> str:
+    """The stage workdir to read ('' = none)."""
+    stage = self.run_stage(config)
+    return os.path.join(workdir, stage) if stage else self.value(config)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """What makes a stage a stage. `train.py`, `run.py`, the data, validation and the plots ask
+  this object; none of them compares stage names."""
+
+  name: str
+  # Builds the loss: (model, config, trainable mask, teacher model) -> LossFn.
+  loss: Callable[..., LossFn]
+  # (target, source) config paths: a source section's fields replace the target section's
+  # (None keeps the target's value); a source field replaces the target field.
+  overrides: tuple[tuple[str, str], ...] = ()
+  # Training data: 'simclr' = two augmented views (crop, flip, colour, blur) per image,
+  # 'crop_flip' = one crop + flip view.
+  views: str = 'crop_flip'
+  examples: str = 'all'  # 'all' train images, or 'labelled': the balanced subset (finetune.*).
+  # 'all' labels, or 'labelled': -1 outside the labelled subset, none unless `label_weight` > 0.
+  labels: str = 'all'
+  label_weight: str = ''  # Config field weighting the labelled loss (labels='labelled').
+  unlabelled_ok: bool = False  # Runs on unlabeled images (probe, kNN and eval then off).
+  # 'everything'; 'to_classifier': encoder, head layers under the classifier and the classifier;
+  # 'after_block': as 'to_classifier' after finetune.fine_tune_after_block (official §6).
+  trains: str = 'to_classifier'
+
+  probe_head: bool = False  # The supervised head trains on stop_gradient(features).
+  init: Restore | None = None  # Encoder + projection head restored from another stage.
+  zero_classifier: str = ''  # Config field: zero the classifier after restoring.
+  teacher: Restore | None = None  # The frozen teacher (distillation).
+  knn: bool = False  # The kNN monitor runs during and after the stage.
+  top1_note: str = ''  # What the stage's eval top-1 measures, when not its own classifier.
+  baseline: bool = False  # Drawn grey in the per-stage plot: the no-pretraining reference.
+
+  def derive(self, config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The config this stage trains with: `overrides` applied, locked."""
+    derived = ml_collections.ConfigDict(config.to_dict())
+    for target, source in self.overrides:
+      value = lookup(config, source)
+      if isinstance(value, ml_collections.ConfigDict):
+        lookup(derived, target).update({k: v for k, v in value.items() if v is not None})
+      else:
+        parent, _, field = target.rpartition('.')
+        lookup(derived, parent)[field] = value
+    derived.lock()
+    return derived
+
+  @property
+  def num_views(self) -> int:
+    return 2 if self.views == 'simclr' else 1
+
+  def sections(self) -> set[str]:
+    """The stage sections of the config this stage depends on (its workdir's identity)."""
+    used = {source.split('.')[0] for _, source in self.overrides}
+    used |= {restore.field.split('.')[0] for restore in (self.init, self.teacher) if restore}
+    if 'labelled' in (self.examples, self.labels):
+      used.add('finetune')
+    return used & set(REGISTRY)
+
+  def uses_labels(self, config: ml_collections.ConfigDict) -> bool:
+    """Whether the stage trains on labels (a flat folder of unlabeled images cannot serve it)."""
+    if self.examples == 'labelled':
+      return True
+    return self.labels == 'labelled' and lookup(config, self.label_weight) > 0
+
+  def trainable_mask(self, params: Any, config: ml_collections.ConfigDict) -> Any:
+    after = config.finetune.fine_tune_after_block if self.trains == 'after_block' else -1
+    return trainable_mask(
+      params, everything=self.trains == 'everything', fine_tune_after_block=after,
+      ft_proj_selector=config.model.ft_proj_selector, num_proj_layers=config.model.num_proj_layers)
+
+  def linear_eval(self, config: ml_collections.ConfigDict) -> bool:
+    """Only the classifier trains, so BatchNorm keeps its statistics (frozen_bn)."""
+    return self.trains == 'after_block' and config.finetune.fine_tune_after_block >= 4
+
+
+def lookup(config: ml_collections.ConfigDict, path: str) -> Any:
+  """config['a.b.c'] for a dotted path."""
+  node = config
+  for name in path.split('.'):
+    node = node[name]
+  return node
+
+
+def _common(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  return dict(weight_decay=config.optim.weight_decay, optimizer=config.optim.optimizer,
+              global_bn=config.model.global_bn)
+
+
+def _contrastive(model, config, trainable, teacher) -> LossFn:
+  del trainable, teacher
+  return pretrain_loss_fn(model, temperature=config.train.temperature,
+                          linear_probe=config.train.linear_eval_while_pretraining,
+                          **_common(config))
+
+
+def _classifier(model, config, trainable, teacher) -> LossFn:
+  del teacher
+  return finetune_loss_fn(model, mask=trainable, **_common(config))
+
+
+def _distillation(model, config, trainable, teacher) -> LossFn:
+  return distill_loss_fn(model, teacher, mask=trainable, temperature=config.distill.temperature,
+                         label_weight=config.distill.label_weight, **_common(config))
+
+
+_STAGE_SECTION = lambda name: (('optim', f'{name}.optim'), ('train', f'{name}.train'))
+_FINETUNE_HEAD = (('model.ft_proj_selector', 'finetune.ft_proj_selector'),)
+_FINETUNE_MODEL = _FINETUNE_HEAD + (('model.global_bn', 'finetune.global_bn'),)
+
+REGISTRY: dict[str, Stage] = {stage.name: stage for stage in (
+  Stage('pretrain', _contrastive, views='simclr', trains='everything', unlabelled_ok=True,
+        probe_head=True, knn=True,
+        top1_note='the linear probe trained on stop-gradient features (all labels)'),
+  Stage('finetune', _classifier, _STAGE_SECTION('finetune') + _FINETUNE_MODEL,
+        examples='labelled', trains='after_block',
+        zero_classifier='finetune.zero_init_logits_layer',
+        init=Restore('finetune.init_from', default='pretrain')),
+  Stage('distill', _distillation,
+        _STAGE_SECTION('distill') + _FINETUNE_HEAD + (('model', 'distill.student'),),
+        labels='labelled', label_weight='distill.label_weight',
+        init=Restore('distill.student_init_from'),
+        teacher=Restore('distill.teacher_workdir', default='finetune')),
+  Stage('supervised', _classifier, _STAGE_SECTION('supervised') + _FINETUNE_MODEL,
+        examples='labelled', baseline=True),
+)}
+STAGES = tuple(REGISTRY)  # In pipeline order.
+
+
+def get(name: str) -> Stage:
+  return REGISTRY[name]

@@ -56,8 +56,10 @@ def make_train_step(
 ):
   """jit(step): one optimizer update on a global batch; state donated.
 
-  `prepare(batch, dataset, step)` (device-resident data) turns the host's example indices into
-  augmented views on the device before the loss; `dataset` is passed replicated each call.
+  `prepare(batch, resident, step)` builds the stage's views on the device before the loss
+  (data/views.py): from the host's canvases, or from the device-resident split `resident`
+  (passed replicated each call, else None). `teacher` holds the frozen teacher's variables
+  (distillation, else None), an input of the step rather than constants baked into it.
 
   Replicated state (`state_sharding=None`): the whole step runs inside `shard_map`. Sharded
   state (`state_sharding`: a TrainState of NamedShardings, see `state_shardings`): XLA
@@ -67,11 +69,11 @@ def make_train_step(
   per-tensor norms over all shards exactly. Both give the same update (tests/train_test.py).
   """
 
-  def loss_and_grads(params, batch_stats, batch, aux, dataset, step):
+  def loss_and_grads(params, batch_stats, batch, teacher, resident, step):
     if prepare is not None:
-      batch = prepare(batch, dataset, step)
+      batch = prepare(batch, resident, step)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (_, (batch_stats, metrics)), grads = grad_fn(params, batch_stats, batch, aux)
+    (_, (batch_stats, metrics)), grads = grad_fn(params, batch_stats, batch, teacher)
     return grads, batch_stats, metrics
 
   def apply_gradients(state: TrainState, grads, batch_stats, metrics):
@@ -91,9 +93,9 @@ def make_train_step(
     grads_fn = jax.shard_map(loss_and_grads, mesh=mesh, in_specs=(P(), P(), data, P(), P(), P()),
                              out_specs=(P(), P(), P()))
 
-  def step_fn(state: TrainState, batch, aux, dataset):
+  def step_fn(state: TrainState, batch, teacher, resident):
     grads, batch_stats, metrics = grads_fn(
-      state.params, state.batch_stats, batch, aux, dataset, state.step)
+      state.params, state.batch_stats, batch, teacher, resident, state.step)
     if state_sharding is not None:
       grads = jax.lax.with_sharding_constraint(grads, state_sharding.params)
     return apply_gradients(state, grads, batch_stats, metrics)
@@ -105,8 +107,9 @@ def make_train_step(
   else:
     jitted = jax.jit(step_fn, out_shardings=(state_sharding, sharding.replicated(mesh)),
                      donate_argnums=0)
-  step = lambda state, batch, aux=None, dataset=None: jitted(state, batch, aux, dataset)
-  step.lower = lambda state, batch, aux=None, dataset=None: jitted.lower(state, batch, aux, dataset)
+  step = lambda state, batch, teacher=None, resident=None: jitted(state, batch, teacher, resident)
+  step.lower = lambda state, batch, teacher=None, resident=None: jitted.lower(
+    state, batch, teacher, resident)
   return step
 
 

@@ -13,11 +13,10 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 import flax
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -29,44 +28,13 @@ from simclr_jax import checkpoints, evaluation, optim, progress, sharding, stage
 from simclr_jax import workdir as workdir_lib
 from simclr_jax.data import input as data_input
 from simclr_jax.data import views
-from simclr_jax.models import simclr as simclr_model
+from simclr_jax.models import load
 # The step and its state live in step.py; these names stay importable from train.
 from simclr_jax.step import (  # noqa: F401 - re-exported
   TrainState, abstract_state, init_state, make_train_step, state_shardings, teacher_shardings)
 
 METRICS_FILE = 'metrics.jsonl'
 RESULTS_FILE = 'results.json'
-
-
-def build_model(config: ml_collections.ConfigDict, num_classes: int, **overrides: Any):
-  model_config = config.model
-  cifar_stem = model_config.cifar_stem
-  if cifar_stem is None:
-    cifar_stem = config.data.image_size <= 32  # Official: CIFAR stem iff image_size <= 32.
-  blocks = model_config.blocks_per_stage
-  kwargs = dict(
-    depth=model_config.depth,
-    width_multiplier=model_config.width_multiplier,
-    sk_ratio=model_config.sk_ratio,
-    cifar_stem=cifar_stem,
-    blocks_per_stage=None if blocks is None else tuple(blocks),
-    num_proj_layers=model_config.num_proj_layers,
-    proj_out_dim=model_config.proj_out_dim,
-    num_classes=num_classes,
-    ft_proj_selector=model_config.ft_proj_selector,
-    supervised_head_stop_gradient=True,
-    dtype=jnp.dtype(model_config.compute_dtype),
-    bn_axis_name=sharding.DATA_AXIS if model_config.global_bn else None,
-    bn_momentum=model_config.bn_momentum,
-    remat=model_config.remat,
-  )
-  kwargs.update(overrides)
-  return simclr_model.SimCLRModel(**kwargs)
-
-
-def abstract_variables(model, image_size: int) -> dict:
-  images = jax.ShapeDtypeStruct((2, image_size, image_size, 3), jnp.float32)
-  return jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
 
 
 def build_optimizer(
@@ -112,44 +80,27 @@ class StageParts:
 
 
 def build_stage_parts(
-  config: ml_collections.ConfigDict, stage: str, num_classes: int, teacher_model=None
+  config: ml_collections.ConfigDict, stage: stages.Stage, num_classes: int, teacher_model=None
 ) -> StageParts:
   """The model, trainable mask and loss of `stage` (`config` is the stage's derived config)."""
-  finetune = config.finetune
-  linear_eval = stage == 'finetune' and finetune.fine_tune_after_block >= 4
-  model = build_model(
-    config, num_classes, supervised_head_stop_gradient=stage == 'pretrain', frozen_bn=linear_eval,
-  )
-  abstract = abstract_variables(model, config.data.image_size)
-  trainable = stages.trainable_mask(
-    abstract['params'], stage, fine_tune_after_block=finetune.fine_tune_after_block,
-    ft_proj_selector=config.model.ft_proj_selector, num_proj_layers=config.model.num_proj_layers,
-  )
-  common = dict(weight_decay=config.optim.weight_decay, optimizer=config.optim.optimizer,
-                global_bn=config.model.global_bn)
-  if stage == 'pretrain':
-    loss_fn = stages.pretrain_loss_fn(
-      model, temperature=config.train.temperature,
-      linear_probe=config.train.linear_eval_while_pretraining, **common,
-    )
-  elif stage == 'distill':
-    loss_fn = stages.distill_loss_fn(
-      model, teacher_model, mask=trainable, temperature=config.distill.temperature,
-      label_weight=config.distill.label_weight, **common,
-    )
-  else:
-    loss_fn = stages.finetune_loss_fn(model, mask=trainable, **common)
-  return StageParts(model, trainable, loss_fn)
+  model = load.build(config, num_classes, supervised_head_stop_gradient=stage.probe_head,
+                     frozen_bn=stage.linear_eval(config))
+  trainable = stage.trainable_mask(
+    load.abstract_variables(model, config.data.image_size)['params'], config)
+  return StageParts(model, trainable, stage.loss(model, config, trainable, teacher_model))
 
 
-def without_label_uses(config: ml_collections.ConfigDict, stage: str) -> ml_collections.ConfigDict:
+def without_label_uses(
+  config: ml_collections.ConfigDict, stage: stages.Stage
+) -> ml_collections.ConfigDict:
   """The config of a stage whose training images have no labels: no probe, kNN or eval."""
-  if stage != 'pretrain':
+  if not stage.unlabelled_ok:
     raise validation.ConfigError(
-      f'{stage} needs labels, but the training images of data.dataset={config.data.dataset!r} '
-      'have none (a flat folder); use root/<split>/<class>/ folders or only the pretrain stage')
+      f'{stage.name} needs labels, but the training images of data.dataset='
+      f'{config.data.dataset!r} have none (a flat folder); use root/<split>/<class>/ folders or '
+      'only the stages that need no labels')
   logging.warning('%s: the training images have no labels, so the linear probe, kNN monitor and '
-                  'evaluation are off (they need labels).', stage)
+                  'evaluation are off (they need labels).', stage.name)
   config = ml_collections.ConfigDict(config.to_dict())
   config.train.linear_eval_while_pretraining = False
   config.train.eval_at_end = False
@@ -160,38 +111,42 @@ def without_label_uses(config: ml_collections.ConfigDict, stage: str) -> ml_coll
   return config
 
 
+@dataclasses.dataclass(frozen=True)
+class Init:
+  """What a stage starts from: restored variables (else a fresh init), the frozen teacher."""
+
+  variables: dict[str, Any] | None = None  # {'params', 'batch_stats'}: host arrays.
+  teacher: Any = None  # load.Loaded of the teacher's stage workdir.
+  source: str = ''  # Where they came from, for results.json.
+
+
 class _Stage:
   """A stage's parts plus its data and initial variables (and its config, adjusted to them)."""
 
-  def __init__(self, config: ml_collections.ConfigDict, stage: str, restore: dict, mesh):
-    self.name = stage
-    if config.data.device_resident:
-      self.data = data_input.make_resident_data(config, stage, mesh)
-    elif stage == 'pretrain':
-      self.data = data_input.make_pretrain_data(config)
-    elif stage == 'distill':
-      self.data = data_input.make_distill_data(config)
-    else:
-      self.data = data_input.make_finetune_data(config)
+  def __init__(self, config: ml_collections.ConfigDict, stage: stages.Stage, init: Init, mesh):
+    self.stage = stage
+    self.data = data_input.make_train_data(config, stage, mesh)
     num_classes = self.data.num_classes
-    if num_classes == 0:  # Unlabeled images (a flat folder): only pretraining makes sense.
+    if num_classes == 0:  # Unlabeled images (a flat folder).
       config = without_label_uses(config, stage)
       num_classes = 1  # A head that never trains: checkpoints keep one layout.
     self.config = config
-    parts = build_stage_parts(config, stage, num_classes, restore.get('teacher_model'))
+    teacher_model = init.teacher.model if init.teacher else None
+    parts = build_stage_parts(config, stage, num_classes, teacher_model)
     self.model, self.trainable, self.loss_fn = parts.model, parts.trainable, parts.loss_fn
-    self.init_variables = restore.get('variables')  # Host arrays or None (fresh init).
-    self.aux = restore.get('teacher_variables')
+    self.init_variables = init.variables  # Host arrays or None (fresh init).
+    self.teacher_variables = init.teacher.variables if init.teacher else None
 
 
 def train_and_evaluate(
-  config: ml_collections.ConfigDict, workdir: str, stage: str = 'pretrain',
-  restore: dict | None = None,
+  config: ml_collections.ConfigDict, workdir: str, stage: str = 'pretrain', init: Init = Init(),
+  on_done: Callable[[ml_collections.ConfigDict, str, dict], None] | None = None,
 ) -> dict[str, Any]:
   """Runs (or resumes) one stage in `workdir`; returns the results written to results.json.
 
-  `restore` may hold 'variables' ({'params', 'batch_stats'} to start from instead of a fresh
-  init) and, for distillation, 'teacher_model' and 'teacher_variables'.
+  `config` is the stage's derived config (`stages.Stage.derive`); `init` what it starts from.
+  `on_done(config, workdir, variables)` runs at the end with the final variables on the host
+  (`run.py` draws the plots there: this layer never imports the plotting one).
   """
   start_time = time.time()
   validation.validate_config(config, num_devices=jax.device_count(),
@@ -199,24 +154,25 @@ def train_and_evaluate(
   mesh = sharding.make_mesh()
   workdir_lib.check_writable(workdir)
   workdir_lib.check_same_run(config, workdir, stage=stage)
-  spec = _Stage(config, stage, restore or {}, mesh)
+  spec = _Stage(config, stages.get(stage), init, mesh)
   requested_config, config = config, spec.config  # The run is recorded as requested.
-  if stage == 'pretrain' and config.knn.enabled:
+  if spec.stage.knn and config.knn.enabled:
     bank_size = min(spec.data.num_examples, config.knn.max_train_examples)
     if config.knn.k > bank_size:
       raise validation.ConfigError(
         f'knn.k={config.knn.k} is larger than the {bank_size} train examples of the memory bank; '
         f'use knn.k <= {bank_size}')
   eval_data = data_input.make_eval_data(config)
-  abstract_params = abstract_variables(spec.model, config.data.image_size)['params']
+  abstract_params = load.abstract_variables(spec.model, config.data.image_size)['params']
   tx, schedule, total_steps = build_optimizer(
     config, abstract_params, spec.data.num_examples, spec.trainable
   )
   shard_state = config.train.shard_state
   state = init_state(spec.model, tx, config.data.image_size, config.seed, mesh, spec.init_variables,
                      shard_state=shard_state)
-  if spec.aux is not None:  # The frozen teacher: laid out like the parameters.
-    spec.aux = jax.device_put(spec.aux, teacher_shardings(spec.aux, mesh, shard_state))
+  teacher = spec.teacher_variables
+  if teacher is not None:  # The frozen teacher: laid out like the parameters.
+    teacher = jax.device_put(teacher, teacher_shardings(teacher, mesh, shard_state))
 
   manager = checkpoints.make_manager(workdir, keep=config.train.keep_checkpoints)
   restored = checkpoints.restore_latest(manager, checkpoints.abstract_like(state))
@@ -245,7 +201,7 @@ def train_and_evaluate(
     spec.loss_fn, tx, schedule, mesh, spec.trainable, spec.data.prepare,
     state_sharding=jax.tree.map(lambda x: x.sharding, state) if shard_state else None)
   eval_step = evaluation.make_eval_step(spec.model, mesh, views.make_eval_view(config))
-  knn = _KnnMonitor(config, spec.model, mesh) if stage == 'pretrain' else None
+  knn = _KnnMonitor(config, spec.model, mesh) if spec.stage.knn else None
   report_progress = progress.create_progress(total_steps, writer)
 
   def log(step: int, metrics: dict[str, float]) -> None:
@@ -260,7 +216,7 @@ def train_and_evaluate(
     for step in range(start_step + 1, total_steps + 1):
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
         batch = sharding.global_batch_from_host(mesh, next(batches))
-        state, metrics = train_step(state, batch, spec.aux, spec.data.device_dataset)
+        state, metrics = train_step(state, batch, teacher, spec.data.resident)
       history.append(metrics)
       report_progress(step)
       if step % config.train.log_every_steps == 0 or step == total_steps:
@@ -299,7 +255,7 @@ def train_and_evaluate(
     logging.warning('%s: %d unreadable images were skipped (listed in results.json).', stage,
                     len(spec.data.skipped_paths))
   results['skipped_images'] = list(spec.data.skipped_paths[:100])
-  if stage in ('finetune', 'supervised'):
+  if spec.stage.examples == 'labelled':
     results['num_labelled_examples'] = spec.data.num_examples
   if config.train.eval_at_end:
     accuracy = evaluation.classification_accuracy(
@@ -311,13 +267,14 @@ def train_and_evaluate(
     log(total_steps, final)
   results['wall_time_s'] = earlier_segments_s + time.time() - start_time  # All segments.
   results['resumed_from_step'] = start_step
-  results['restored_from'] = (restore or {}).get('source', '')
+  results['restored_from'] = init.source
   results['config'] = json.loads(config.to_json_best_effort())
   writer.flush()
   if jax.process_index() == 0:
     (epath.Path(workdir) / RESULTS_FILE).write_text(json.dumps(results, indent=2))
-  if config.train.plots_at_end:
-    _render_plots(config, workdir, state, mesh)
+  if on_done is not None:
+    on_done(config, workdir, sharding.to_host(
+      {'params': state.params, 'batch_stats': state.batch_stats}, mesh))
   logging.info('%s: done; results in %s.', stage, epath.Path(workdir) / RESULTS_FILE)
   return results
 
@@ -338,19 +295,6 @@ class _KnnMonitor:
       num_classes=self.queries.num_classes, k=self.config.knn.k,
       temperature=self.config.knn.temperature,
     )
-
-
-def _render_plots(config, workdir: str, state: TrainState, mesh) -> None:
-  """Augmentation grid, t-SNE and curves into workdir/plots (never fails the stage)."""
-  try:
-    from simclr_jax import visualize
-
-    variables = sharding.to_host({'params': state.params, 'batch_stats': state.batch_stats},
-                                 mesh)
-    written = visualize.render_stage_plots(config, workdir, variables=variables)
-    logging.info('Plots: %s', ', '.join(written))
-  except Exception as error:  # noqa: BLE001 - a plot must never lose a finished stage.
-    logging.warning('Plots skipped: %s: %s', type(error).__name__, error)
 
 
 def _mean_metrics(history: list[dict]) -> dict[str, float]:

@@ -11,7 +11,7 @@ import ml_collections
 from simclr_jax.data.folders import IMAGE_EXTENSIONS
 from simclr_jax.errors import ConfigError  # Also validation.ConfigError, as before.
 from simclr_jax.optim import OPTIMIZERS
-from simclr_jax.stages import STAGES
+from simclr_jax import stages
 
 SUPPORTED_DEPTHS = (18, 34, 50, 101, 152, 200)
 LR_SCALINGS = ('linear', 'sqrt')
@@ -215,61 +215,49 @@ def check_labels(config: ml_collections.ConfigDict) -> None:
     return
   flat = not os.path.isdir(os.path.join(data.folder, data.train_split)) and not any(
     os.path.isdir(os.path.join(data.folder, name)) for name in os.listdir(data.folder))
-  needs_labels = [s for s in stage_list(config) if s in ('finetune', 'supervised')]
-  if 'distill' in stage_list(config) and config.distill.label_weight > 0:
-    needs_labels.append('distill (distill.label_weight > 0)')
+  needs_labels = [name for name in stage_list(config) if name in stages.REGISTRY
+                  and stages.get(name).uses_labels(stages.get(name).derive(config))]
   _require(not (flat and needs_labels),
            f'data.folder={data.folder!r} is a flat folder of unlabeled images, but '
            f'{", ".join(needs_labels)} needs labels; use --config.stages=pretrain, or put the '
            'images in <split>/<class>/ folders')
 
 
+def _check_restore(restore: stages.Restore, name: str, config, names: tuple[str, ...]) -> None:
+  """A stage's source of variables exists, or is a stage that runs before it."""
+  value, run_stage = restore.value(config), restore.run_stage(config)
+  ran_before = run_stage in names[: names.index(name)]
+  if run_stage and not value:  # The default: this run's stage.
+    _require(ran_before, f'config.stages runs {name!r} without {run_stage!r} before it; add '
+             f'{run_stage!r} first or set {restore.field}=STAGE_WORKDIR')
+  elif run_stage:
+    _require(ran_before, f'{restore.field}={value!r} but config.stages has no {value!r} before '
+             f"{name!r}; set it to a stage workdir or ''")
+  elif value:
+    _require(_has_checkpoints(value) or ran_before,
+             f'{restore.field}={value!r} holds no checkpoints/; point it at a stage workdir '
+             '(or an imported model, see docs/IMPORT_TF2.md)')
+
+
 def validate_stages(config: ml_collections.ConfigDict) -> None:
-  stages = stage_list(config)
-  _require(len(stages) > 0, 'config.stages is empty; use e.g. ("pretrain",)')
-  for stage in stages:
-    _require(stage in STAGES, f'config.stages has unknown stage {stage!r}; use any of {STAGES}')
-  _require(len(set(stages)) == len(stages), f'config.stages={stages} repeats a stage')
+  names = stage_list(config)
+  _require(len(names) > 0, 'config.stages is empty; use e.g. ("pretrain",)')
+  for name in names:
+    _require(name in stages.REGISTRY,
+             f'config.stages has unknown stage {name!r}; use any of {stages.STAGES}')
+  _require(len(set(names)) == len(names), f'config.stages={names} repeats a stage')
+  used = set()  # Config sections read by the stages that run.
+  for name in names:
+    stage = stages.get(name)
+    used |= stage.sections()
+    for restore in (stage.init, stage.teacher):
+      if restore:
+        _check_restore(restore, name, config, names)
   finetune, distill = config.finetune, config.distill
-
-  def before(stage: str, other: str) -> bool:
-    return other in stages and stages.index(other) < stages.index(stage)
-
-  if 'finetune' in stages:
-    if finetune.init_from:
-      _require(
-        _has_checkpoints(finetune.init_from) or before('finetune', 'pretrain'),
-        f'finetune.init_from={finetune.init_from!r} holds no checkpoints/; point it at a '
-        'pretrain stage workdir (or an imported model, see docs/IMPORT_TF2.md)',
-      )
-    else:
-      _require(
-        before('finetune', 'pretrain'),
-        "config.stages runs 'finetune' without 'pretrain' before it; add 'pretrain' first or set "
-        'finetune.init_from=PRETRAIN_STAGE_WORKDIR',
-      )
-  if 'distill' in stages:
-    if distill.teacher_workdir:
-      _require(
-        _has_checkpoints(distill.teacher_workdir) or before('distill', 'finetune'),
-        f'distill.teacher_workdir={distill.teacher_workdir!r} holds no checkpoints/; point it at '
-        'a finetune stage workdir',
-      )
-    else:
-      _require(
-        before('distill', 'finetune'),
-        "config.stages runs 'distill' without 'finetune' before it; add 'finetune' first or set "
-        'distill.teacher_workdir=FINETUNE_STAGE_WORKDIR',
-      )
-    if distill.student_init_from == 'pretrain':
-      _require(
-        before('distill', 'pretrain'),
-        "distill.student_init_from='pretrain' but config.stages has no 'pretrain' before "
-        "'distill'; set it to a pretrain stage workdir or ''",
-      )
+  if 'distill' in used:
     _require(distill.temperature > 0, f'distill.temperature={distill.temperature} must be > 0')
     _require(distill.label_weight >= 0, f'distill.label_weight={distill.label_weight} must be >= 0')
-  if {'finetune', 'supervised', 'distill'} & set(stages):
+  if 'finetune' in used:
     _require(
       finetune.examples_per_class > 0 or 0 < finetune.label_fraction <= 1,
       f'finetune.label_fraction={finetune.label_fraction} is outside (0, 1]; use e.g. 0.01 or '

@@ -29,7 +29,6 @@ from simclr_jax import plots, stages
 METRICS_FILE = 'metrics.jsonl'  # As train.METRICS_FILE / RESULTS_FILE (not imported: keeps the
 RESULTS_FILE = 'results.json'  # curves/bars path free of JAX and TensorFlow).
 PLOTS_SUBDIR = 'plots'
-STAGE_ORDER = stages.STAGES
 ALL_PLOTS = ('augmentations', 'tsne', 'curves', 'stages')
 NUM_IMAGES = 8
 MAX_POINTS = 2000
@@ -79,7 +78,7 @@ def find_stage_workdirs(workdir: str) -> dict[str, str]:
     return {stage_name(workdir): workdir}
   found = {name: os.path.join(workdir, name) for name in _list_dir(workdir)
            if is_stage_workdir(os.path.join(workdir, name))}
-  order = {stage: rank for rank, stage in enumerate(STAGE_ORDER)}
+  order = {stage: rank for rank, stage in enumerate(stages.STAGES)}
   return dict(sorted(found.items(), key=lambda item: (order.get(item[0], len(order)), item[0])))
 
 
@@ -109,7 +108,7 @@ def stage_name(stage_workdir: str) -> str:
   """The stage a workdir holds: results.json's `stage`, else the folder name if it is a stage."""
   results = read_results(stage_workdir) or {}
   name = os.path.basename(os.path.normpath(stage_workdir))
-  return results.get('stage') or (name if name in STAGE_ORDER else 'pretrain')
+  return results.get('stage') or (name if name in stages.REGISTRY else stages.STAGES[0])
 
 
 # ------------------------------------------------------------------------------- data and model
@@ -138,7 +137,7 @@ def _spread(source, count: int):
 
 
 def augmentation_views(
-  config: ml_collections.ConfigDict, stage: str = 'pretrain', num_images: int = NUM_IMAGES
+  config: ml_collections.ConfigDict, stage: str = stages.STAGES[0], num_images: int = NUM_IMAGES
 ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, list[str], str]:
   """(originals, views_1, views_2, class names, description) of train images, fixed keys.
 
@@ -154,9 +153,9 @@ def augmentation_views(
 
   data = config.data
   source = _load_split(config, data.train_split)
-  pretrain = stage == 'pretrain'
-  jitter = data.color_jitter_strength if pretrain else 0.0
-  blur = data.blur_mode if pretrain and data.use_blur else ''
+  simclr = stages.get(stage).views == 'simclr'  # Else two crop + flip views.
+  jitter = data.color_jitter_strength if simclr else 0.0
+  blur = data.blur_mode if simclr and data.use_blur else ''
   canvas_size = data_input.canvas_size(config)
   originals, canvases, sizes, indices, titles = [], [], [], [], []
   for example in _spread(source, num_images):
@@ -177,7 +176,7 @@ def augmentation_views(
     keys, jnp.asarray(np.stack(canvases)), jnp.asarray(np.stack(sizes)),
     image_size=data.image_size, num_views=2, color_jitter_strength=jitter, blur=blur,
     blur_key=blur_key)
-  what = (f'crop, flip, colour (s={jitter:g})' + (', blur' if blur else '')) if pretrain \
+  what = (f'crop, flip, colour (s={jitter:g})' + (', blur' if blur else '')) if simclr \
     else 'crop, flip'
   description = f'{stage} views of {data.dataset}/{data.train_split}: {what}'
   return originals, np.asarray(first), np.asarray(second), titles, description
@@ -196,23 +195,20 @@ def encoder_features(
   """
   import jax
 
-  from simclr_jax import checkpoints, train
   from simclr_jax.data import input as data_input
   from simclr_jax.data import pipeline, views
+  from simclr_jax.models import load
 
-  model_config = config
-  if variables is None:
-    params, batch_stats, meta = checkpoints.restore_variables(stage_workdir)
-    if 'config' in meta:  # The saved architecture (a distilled student may differ).
-      model_config = ml_collections.ConfigDict(meta['config'])
+  if variables is None:  # The saved architecture (a distilled student may differ).
+    loaded = load.load(stage_workdir, config, bn_axis_name=None)
+    model, variables = loaded.model, loaded.variables
   else:
-    params, batch_stats = variables['params'], variables.get('batch_stats', {})
-  num_classes = params['head_supervised']['linear_layer']['dense']['kernel'].shape[-1]
-  model = train.build_model(model_config, num_classes, bn_axis_name=None)
+    model = load.build(config, load.num_classes_of(variables['params']), bn_axis_name=None)
   view = views.make_eval_view(config)  # The eval view, as the eval steps build it.
   apply = jax.jit(lambda v, batch: model.apply(v, view(batch), train=False)['features'])
-  device_variables = jax.device_put({'params': params, 'batch_stats': batch_stats},
-                                    jax.local_devices()[0])
+  device_variables = jax.device_put(
+    {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})},
+    jax.local_devices()[0])
   data = config.data
   source = _load_split(config, data.eval_split)
   canvas_size = data_input.canvas_size(config)
@@ -342,10 +338,12 @@ def render_run_plots(
                                   max_points=max_points)
   accuracies = top1_by_stage(stage_workdirs)
   if 'stages' in which and len(stage_workdirs) > 1 and accuracies:
-    note = ('pretrain: the linear probe trained during pretraining on every label, not the '
-            "labelled subset of the other stages" if 'pretrain' in accuracies else '')
+    known = [stages.get(name) for name in accuracies if name in stages.REGISTRY]
+    note = '; '.join(f'{stage.name}: {stage.top1_note}' for stage in known if stage.top1_note)
+    baseline = next((stage.name for stage in known if stage.baseline), '')
     written.append(plots.stage_bars(accuracies, os.path.join(plots_dir(workdir), 'stage_top1.png'),
-                                    title=f'eval top-1 per stage: {workdir}', note=note))
+                                    title=f'eval top-1 per stage: {workdir}', note=note,
+                                    baseline=baseline))
   return written
 
 

@@ -23,7 +23,7 @@ from absl import logging
 from etils import epath
 from flax import traverse_util
 
-from simclr_jax import validation
+from simclr_jax import stages, validation
 
 CONFIG_FILE = 'config.json'
 MIN_FREE_BYTES = 256 * 2**20
@@ -127,18 +127,12 @@ def check_writable(workdir: str) -> None:
     )
 
 
-# The sections of the stages that a stage does not depend on (those that run after it).
-_LATER_SECTIONS = {
-  'pretrain': ('finetune.', 'distill.', 'supervised.'),
-  'finetune': ('distill.', 'supervised.'),
-  'distill': ('supervised.',),
-  'supervised': ('distill.',),
-}
-
-
 def _defining_fields(config_dict: dict, stage: str | None = None) -> dict:
   flat = traverse_util.flatten_dict(config_dict, sep='.')
-  ignored = MAY_CHANGE + _LATER_SECTIONS.get(stage, ())
+  ignored = MAY_CHANGE
+  if stage in stages.REGISTRY:  # The sections of other stages this one does not read.
+    unused = set(stages.STAGES) - stages.get(stage).sections() - {stage}
+    ignored += tuple(f'{section}.' for section in sorted(unused))
   return {k: v for k, v in flat.items() if not any(k.startswith(p) for p in ignored)}
 
 

@@ -10,7 +10,8 @@ import pytest
 import tensorflow as tf
 
 from configs import demo as demo_lib
-from simclr_jax import checkpoints, export, train
+from simclr_jax import checkpoints, export
+from simclr_jax.models import load
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE_SIZE = 32
@@ -21,7 +22,7 @@ def stage_workdir(tmp_path_factory):
   """A stage workdir holding a checkpoint of a tiny model with non-trivial BN statistics."""
   config = demo_lib.get_config()
   config.model.width_multiplier = 0.125
-  model = train.build_model(config, num_classes=10)
+  model = load.build(config, num_classes=10)
   variables = jax.jit(lambda: model.init(
     jax.random.key(0), np.zeros((2, IMAGE_SIZE, IMAGE_SIZE, 3), np.float32), train=False))()
   rng = np.random.default_rng(0)

@@ -135,6 +135,7 @@ def test_the_window_shuffle_mixes_shards_and_changes_every_epoch(data_dir):
 _MEMORY_DRIVER = r'''
 import json, resource, sys
 from configs import r50_1x
+from simclr_jax import stages
 from simclr_jax.data import input as data_input
 
 def rss_mb():
@@ -145,7 +146,7 @@ config = r50_1x.get_config()
 config.data.dataset, config.data.tfds_data_dir = 'fake_imagenet', sys.argv[1]
 config.data.image_size = int(sys.argv[2])
 config.train.global_batch_size = 32
-data = data_input.make_pretrain_data(config)
+data = data_input.make_train_data(config, stages.get('pretrain'), None)
 batches = data.batches(0)
 steps_per_epoch = data.num_examples // 32
 marks = []

@@ -13,7 +13,8 @@ import pytest
 from flax import traverse_util
 
 from configs import official_fixture
-from simclr_jax import checkpoints, import_tf2, train
+from simclr_jax import checkpoints, import_tf2
+from simclr_jax.models import load
 
 import shared_paths
 
@@ -66,7 +67,7 @@ def test_imported_model_reproduces_every_official_endpoint(variant):
   assert (arch['num_proj_layers'], arch['proj_out_dim'], arch['num_classes']) == (3, 128, 10)
 
   outputs = np.load(root / 'outputs.npz')
-  model = train.build_model(config, arch['num_classes'], bn_axis_name=None)
+  model = load.build(config, arch['num_classes'], bn_axis_name=None)
   errors = {}
   for mode in ('eval', 'train'):
     ours = _endpoints(model, params, batch_stats, outputs['inputs'], mode == 'train')

@@ -83,17 +83,17 @@ def _feed_both_hosts_shares() -> None:
 
   from simclr_jax.data import input as data_input
 
-  original = data_input.make_pretrain_data
+  original = data_input.make_train_data
 
   def as_host(index: int):
     return types.SimpleNamespace(process_index=lambda: index, process_count=lambda: NUM_PROCESSES,
                                  local_device_count=lambda: jax.local_device_count())
 
-  def both_hosts(config):
+  def both_hosts(config, stage, mesh):
     per_host = []
     for index in range(NUM_PROCESSES):
       data_input.jax = as_host(index)
-      per_host.append(original(config))
+      per_host.append(original(config, stage, mesh))
     data_input.jax = jax
 
     def make_iterator(start_step: int):
@@ -109,7 +109,7 @@ def _feed_both_hosts_shares() -> None:
                                 per_host[0].class_names, make_iterator,
                                 prepare=per_host[0].prepare)
 
-  data_input.make_pretrain_data = both_hosts
+  data_input.make_train_data = both_hosts
 
 
 def _drive(mode: str, out_prefix: str, flags: list[str]) -> None:

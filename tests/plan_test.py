@@ -10,7 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from simclr_jax import plan, sharding, train
+from simclr_jax import plan, sharding
+from simclr_jax.models import load
 
 from train_test import IMAGE_SIZE, _tiny_config
 
@@ -57,8 +58,8 @@ def test_compiled_state_bytes_match_arithmetic(accelerator_type, shard_state, mo
   row = plan.compile_stage(config, 'pretrain', tpu_slice, devices)
   assert row['fits'] and row['devices'] == 4 and row['per_device_batch'] == 4
 
-  model = train.build_model(config, num_classes=10)
-  variables = train.abstract_variables(model, IMAGE_SIZE)
+  model = load.build(config, num_classes=10)
+  variables = load.abstract_variables(model, IMAGE_SIZE)
   params = jax.tree.leaves(variables['params'])
   stats = sum(x.size for x in jax.tree.leaves(variables['batch_stats']))
 
@@ -91,9 +92,9 @@ def test_analytic_forward_flops_match_the_compiler():
   config = _tiny_config('lars')
   config.model.width_multiplier = 0.25
   config.data.image_size = 64
-  model = train.build_model(config, num_classes=10)
+  model = load.build(config, num_classes=10)
   analytic = plan.forward_flops(model, 64)
-  variables = train.abstract_variables(model, 64)
+  variables = load.abstract_variables(model, 64)
   images = jax.ShapeDtypeStruct((8, 64, 64, 3), np.float32)
   compiled = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, images).compile()
   cost = compiled.cost_analysis()
@@ -108,7 +109,7 @@ def test_resnet50_forward_flops_as_published():
   from configs import r50_1x
 
   config = r50_1x.get_config()
-  model = train.build_model(config, num_classes=1000)
+  model = load.build(config, num_classes=1000)
   flops = plan.forward_flops(model, 224)
   assert 7.9e9 < flops < 8.6e9, flops
 

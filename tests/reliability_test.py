@@ -147,18 +147,18 @@ def _tiny_config():
 
 
 def _poison_from_step(monkeypatch, first_bad_step):
-  make = data_input.make_pretrain_data
+  make = data_input.make_train_data
 
-  def poisoned(config):
-    data = make(config)
+  def poisoned(config, stage, mesh):
+    data = make(config, stage, mesh)
 
-    def prepare(batch, dataset, step):  # In the step: `step` counts the steps done before it.
-      views = data.prepare(batch, dataset, step)
+    def prepare(batch, resident, step):  # In the step: `step` counts the steps done before it.
+      views = data.prepare(batch, resident, step)
       return dict(views, view_a=jnp.where(step + 1 >= first_bad_step, jnp.nan, views['view_a']))
 
     return dataclasses.replace(data, prepare=prepare)
 
-  monkeypatch.setattr(data_input, 'make_pretrain_data', poisoned)
+  monkeypatch.setattr(data_input, 'make_train_data', poisoned)
 
 
 def test_nan_stops_within_the_log_window_and_keeps_the_last_finite_checkpoint(tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from simclr_jax import checkpoints, sharding, train
+from simclr_jax.models import load
 
 from train_test import IMAGE_SIZE, _tiny_config
 
@@ -12,9 +13,9 @@ from train_test import IMAGE_SIZE, _tiny_config
 def _state(devices, shard_state):
   config = _tiny_config('lars')
   mesh = sharding.make_mesh(devices)
-  model = train.build_model(config, num_classes=10)
+  model = load.build(config, num_classes=10)
   tx, _, _ = train.build_optimizer(
-    config, train.abstract_variables(model, IMAGE_SIZE)['params'], num_train_examples=1000)
+    config, load.abstract_variables(model, IMAGE_SIZE)['params'], num_train_examples=1000)
   return train.init_state(model, tx, IMAGE_SIZE, config.seed, mesh, shard_state=shard_state)
 
 

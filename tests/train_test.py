@@ -6,6 +6,7 @@ import pytest
 
 from configs import demo as demo_lib
 from simclr_jax import sharding, stages, train
+from simclr_jax.models import load
 
 GLOBAL_BATCH = 16
 IMAGE_SIZE = 16
@@ -36,7 +37,7 @@ def _batch(seed=0):
 
 def _one_step(config, devices, batch, num_steps=1, shard_state=False):
   mesh = sharding.make_mesh(devices)
-  model = train.build_model(config, num_classes=10)
+  model = load.build(config, num_classes=10)
   abstract = jax.eval_shape(
     lambda: model.init(jax.random.key(0), np.zeros((2, IMAGE_SIZE, IMAGE_SIZE, 3)), train=False)
   )['params']
@@ -118,9 +119,9 @@ def test_sharded_state_is_split_over_devices(monkeypatch):
   monkeypatch.setattr(sharding, 'MIN_SHARDED_SIZE', 64)
   config = _tiny_config('lars')
   mesh = sharding.make_mesh(jax.devices())
-  model = train.build_model(config, num_classes=10)
+  model = load.build(config, num_classes=10)
   tx, _, _ = train.build_optimizer(
-    config, train.abstract_variables(model, IMAGE_SIZE)['params'], num_train_examples=1000)
+    config, load.abstract_variables(model, IMAGE_SIZE)['params'], num_train_examples=1000)
   state = train.init_state(model, tx, IMAGE_SIZE, config.seed, mesh, shard_state=True)
   params = jax.tree.leaves(state.params)
   momentum = jax.tree.leaves(state.opt_state.momentum)

@@ -3,9 +3,9 @@
 Each host builds its own share of every global batch (`global_batch_size / process_count`
 images); `sharding.global_batch_from_host` assembles the global array on the mesh.
 
-Per stage: pretraining sees two SimCLR views of every train image; fine-tuning (and the
-supervised baseline) one crop+flip view of the labelled subset; distillation one crop+flip view
-of every train image, labels kept only for the labelled subset.
+What a stage trains on is declared by its `stages.Stage` (passed in; data/ never imports the
+registry): `views` ('simclr': two SimCLR views, 'crop_flip': one), `examples` (every train image
+or the labelled subset) and `labels` (all, or -1 outside the labelled subset).
 """
 
 from __future__ import annotations
@@ -17,6 +17,9 @@ from typing import Any, Callable, Iterator
 import jax
 import ml_collections
 import numpy as np
+
+from simclr_jax.data import resident, views
+from simclr_jax.sharding import DATA_AXIS
 
 try:  # TensorFlow powers the host pipelines; device-resident data needs only JAX.
   from simclr_jax.data import pipeline, sources, subsets
@@ -38,7 +41,7 @@ class TrainData:
   class_names: tuple[str, ...]
   make_iterator: Callable[[int], Batches]  # start_step -> infinite host batches from that step.
   # Device-resident mode: the replicated split the jitted step gathers canvases from (else None).
-  device_dataset: Any = None
+  resident: Any = None
   prepare: Callable | None = None  # In-step: host batch -> the stage's views (views.py).
   skipped_paths: tuple[str, ...] = ()  # Unreadable images left out (image folders).
 
@@ -73,10 +76,6 @@ def load_source(
   )
 
 
-def _train_source(config: ml_collections.ConfigDict, dataset: str = '') -> sources.Source:
-  return load_source(config, config.data.train_split, dataset)
-
-
 def is_official_subset(dataset: str) -> bool:
   return dataset.startswith('imagenet2012_subset')
 
@@ -93,40 +92,24 @@ def labelled_indices(config: ml_collections.ConfigDict) -> np.ndarray:
   )
 
 
-def labelled_source(config: ml_collections.ConfigDict) -> sources.Source:
-  """The fine-tuning set: an official tfds subset, or a balanced subset of the train split."""
-  dataset = config.finetune.dataset or config.data.dataset
-  source = _train_source(config, dataset)
-  if is_official_subset(dataset):
+def train_source(config: ml_collections.ConfigDict, stage) -> sources.Source:
+  """The examples a stage trains on (`stages.Stage.examples` / `.labels`), labels hidden (-1)
+  where it must not see them."""
+  if stage.examples == 'labelled':  # The labelled subset: an official one, or drawn here.
+    dataset = config.finetune.dataset or config.data.dataset
+    source = load_source(config, config.data.train_split, dataset)
+    return source if is_official_subset(dataset) else source.restrict(labelled_indices(config))
+  source = load_source(config, config.data.train_split)
+  if stage.labels != 'labelled':
     return source
-  return subsets.restrict(source, labelled_indices(config))
+  labelled = np.zeros([0], np.int64)
+  if stage.uses_labels(config) and not is_official_subset(config.finetune.dataset):
+    labelled = labelled_indices(config)
+  return subsets.hide_labels_outside(source, labelled)
 
 
 def _host_batch(global_batch_size: int) -> int:
   return global_batch_size // jax.process_count()
-
-
-def _host_pipeline_data(
-  config: ml_collections.ConfigDict, source, make_dataset: Callable, prepare=None, **options
-) -> TrainData:
-  """TrainData over one of the tf.data pipelines, with the arguments they all share."""
-  host_batch_size = _host_batch(config.train.global_batch_size)
-
-  def make_iterator(start_step: int) -> Batches:
-    dataset = make_dataset(
-      source,
-      seed=config.seed,
-      host_batch_size=host_batch_size,
-      shuffle_buffer=config.data.shuffle_buffer_multiplier * host_batch_size,
-      cache=config.data.cache,
-      start_batch=start_step,
-      process_index=jax.process_index(),
-      **options,
-    )
-    return pipeline.iterate_numpy(dataset)
-
-  return TrainData(source.num_examples, source.num_classes, source.class_names, make_iterator,
-                   prepare=prepare, skipped_paths=tuple(getattr(source, 'skipped_paths', ())))
 
 
 def canvas_size(config: ml_collections.ConfigDict) -> int:
@@ -134,43 +117,33 @@ def canvas_size(config: ml_collections.ConfigDict) -> int:
   return config.data.canvas_size or config.data.image_size
 
 
-def _train_data(config: ml_collections.ConfigDict, stage: str, source) -> TrainData:
-  """Canvases from the host; the stage's views are built on the device (views.py)."""
-  from simclr_jax.data import views
-  from simclr_jax.sharding import DATA_AXIS
+def make_train_data(config: ml_collections.ConfigDict, stage, mesh) -> TrainData:
+  """A stage's training data (`stage`: a stages.Stage): canvases from the host (or the
+  device-resident split), the stage's views built on the device (views.py)."""
+  prepare = views.make_prepare(config, stage.views, DATA_AXIS)
+  if config.data.device_resident:
+    num_examples, class_names, make_iterator, resident_split = resident.make_train_data(
+      config, stage, mesh)
+    return TrainData(num_examples, len(class_names), class_names, make_iterator, resident_split,
+                     prepare)
+  source = train_source(config, stage)
+  host_batch_size = _host_batch(config.train.global_batch_size)
 
-  return _host_pipeline_data(
-    config, source, pipeline.make_train_dataset, prepare=views.make_prepare(config, stage, DATA_AXIS),
-    canvas_size=canvas_size(config))
+  def make_iterator(start_step: int) -> Batches:
+    dataset = pipeline.make_train_dataset(
+      source,
+      seed=config.seed,
+      host_batch_size=host_batch_size,
+      canvas_size=canvas_size(config),
+      shuffle_buffer=config.data.shuffle_buffer_multiplier * host_batch_size,
+      cache=config.data.cache,
+      start_batch=start_step,
+      process_index=jax.process_index(),
+    )
+    return pipeline.iterate_numpy(dataset)
 
-
-def make_pretrain_data(config: ml_collections.ConfigDict) -> TrainData:
-  return _train_data(config, 'pretrain', _train_source(config))
-
-
-def make_finetune_data(config: ml_collections.ConfigDict) -> TrainData:
-  """Crop + flip views of the labelled subset (finetune and supervised stages)."""
-  return _train_data(config, 'finetune', labelled_source(config))
-
-
-def make_distill_data(config: ml_collections.ConfigDict) -> TrainData:
-  """Crop + flip views of every train image; labels only on the labelled subset (else -1)."""
-  source = _train_source(config)
-  if config.distill.label_weight > 0 and not is_official_subset(config.finetune.dataset):
-    source = subsets.hide_labels_outside(source, labelled_indices(config))
-  else:
-    source = subsets.hide_labels_outside(source, np.zeros([0], np.int64))
-  return _train_data(config, 'distill', source)
-
-
-def make_resident_data(config: ml_collections.ConfigDict, stage: str, mesh) -> TrainData:
-  """`data.device_resident`: the split on every device, views built inside the step."""
-  from simclr_jax.data import resident, views  # JAX only.
-  from simclr_jax.sharding import DATA_AXIS
-
-  num_examples, class_names, make_iterator, dataset = resident.make_train_data(config, stage, mesh)
-  return TrainData(num_examples, len(class_names), class_names, make_iterator, dataset,
-                   views.make_prepare(config, stage, DATA_AXIS))
+  return TrainData(source.num_examples, source.num_classes, source.class_names, make_iterator,
+                   prepare=prepare, skipped_paths=source.skipped_paths)
 
 
 def make_eval_data(
@@ -180,8 +153,6 @@ def make_eval_data(
   eval and feature steps build the eval view on the device (views.make_eval_view)."""
   split = split or config.data.eval_split
   if config.data.device_resident:
-    from simclr_jax.data import resident
-
     return EvalData(*resident.make_eval_iterator(config, split, max_examples))
   source = load_source(config, split, max_examples=max_examples)
   num_examples = source.num_examples

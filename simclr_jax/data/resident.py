@@ -141,15 +141,14 @@ def make_train_data(config: ml_collections.ConfigDict, stage: str, mesh):
   """(num_examples, class_names, host-batch iterator factory, replicated dataset) of a stage."""
   split = _split(config, config.data.train_split)
   labels = split.labels.astype(np.int32)
-  if stage in ('finetune', 'supervised'):
-    pool = labelled_positions(config, labels)  # Train on the labelled subset only.
-  else:
-    pool = np.arange(len(labels))
-    if stage == 'distill':  # Labels only where the labelled subset has them.
-      keep = np.zeros(len(labels), bool)
-      if config.distill.label_weight > 0:
-        keep[labelled_positions(config, labels)] = True
-      labels = np.where(keep, labels, -1).astype(np.int32)
+  pool = np.arange(len(labels))
+  if stage.examples == 'labelled':  # Train on the labelled subset only.
+    pool = labelled_positions(config, labels)
+  elif stage.labels == 'labelled':  # Labels only where the labelled subset has them.
+    keep = np.zeros(len(labels), bool)
+    if stage.uses_labels(config):
+      keep[labelled_positions(config, labels)] = True
+    labels = np.where(keep, labels, -1).astype(np.int32)
   global_batch = config.train.global_batch_size
   host_batch = global_batch // jax.process_count()
   first = jax.process_index() * host_batch

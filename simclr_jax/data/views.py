@@ -58,23 +58,23 @@ def train_views(
   return [views[v] for v in range(num_views)]
 
 
-def make_prepare(config: ml_collections.ConfigDict, stage: str, axis_name: str) -> Callable:
-  """prepare(batch, dataset, step) for the train step, per device (inside shard_map).
+def make_prepare(config: ml_collections.ConfigDict, views: str, axis_name: str) -> Callable:
+  """prepare(batch, resident, step) for the train step, per device (inside shard_map).
 
-  `dataset` is the device-resident split ({'images': canvases, 'sizes'}) or None (the host sent
+  views: 'simclr' (two SimCLR views) or 'crop_flip' (one view), as `stages.Stage.views`.
+  `resident` is the device-resident split ({'images': canvases, 'sizes'}) or None (the host sent
   the canvases).
   """
   data = config.data
-  pretrain = stage == 'pretrain'
 
-  def prepare(batch: dict, dataset: dict | None, step: jax.Array) -> dict:
-    if dataset is not None:
-      canvases = jnp.take(dataset['images'], batch['index'], axis=0)
-      sizes = jnp.take(dataset['sizes'], batch['index'], axis=0)
+  def prepare(batch: dict, resident: dict | None, step: jax.Array) -> dict:
+    if resident is not None:
+      canvases = jnp.take(resident['images'], batch['index'], axis=0)
+      sizes = jnp.take(resident['sizes'], batch['index'], axis=0)
     else:
       canvases, sizes = batch['image'], batch['size']
     keys = example_keys(config.seed, batch['epoch'], batch['index'])
-    if not pretrain:
+    if views != 'simclr':
       (image,) = train_views(keys, canvases, sizes, image_size=data.image_size, num_views=1)
       return {'image': image, 'label': batch['label']}
     blur_key = jax.random.fold_in(jax.random.key(config.seed), BLUR_PURPOSE)
