@@ -1,8 +1,8 @@
 """What the command lines share: the --config flag parsed with one-line errors, a quiet start.
 
-`app.run(main, flags_parser=cli.parse_flags)` turns a missing config file, an override of a
-field that does not exist or a value of the wrong type into `error: ...` (exit 1) instead of a
-traceback. The repository root of the config file goes on `sys.path` first, so
+`run(define_flags, main)` declares a command's flags and parses them with `parse_flags`, which
+turns a missing config file, an override of a field that does not exist or a value of the wrong
+type into `error: ...` (exit 1) instead of a traceback. The repository root of the config file goes on `sys.path` first, so
 `configs/r152_3x.py` (which imports `configs.default`) loads from any directory.
 """
 
@@ -12,9 +12,22 @@ import os
 import sys
 import tempfile
 
-from absl import flags
+from absl import app, flags
 
 _CONFIG_PREFIX = '--config='
+
+
+def run(define_flags, main, argv: list[str] | None = None) -> None:
+  """Every command line runs so: `if __name__ == '__main__': cli.run(_define_flags, main)`.
+
+  The flags are declared only when the module runs as a program (`define_flags()` returns their
+  holders), so importing a command as a library never adds a --config flag that another
+  command's would clash with; `main(argv, flag_values)` reads them; parsing goes through
+  `parse_flags` (one-line errors).
+  """
+  flag_values = define_flags()
+  app.run(lambda args: main(args, flag_values), argv=argv, flags_parser=parse_flags)
+
 
 
 def _config_path(argv: list[str]) -> str | None:

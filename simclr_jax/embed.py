@@ -16,15 +16,17 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (for the data).')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Stage workdir holding checkpoints/.')
-_SPLIT = flags.DEFINE_string('split', None, 'Split to embed (default: data.eval_split).')
-_OUTPUT = flags.DEFINE_string('output', None, 'Output .npz path.')
-_OUTPUT_KEY = flags.DEFINE_enum(
-  'features', 'features', ['features', 'projection', 'logits_sup'],
-  'Which output: encoder features (default), projection-head output, or classifier logits.',
-)
-flags.mark_flags_as_required(['config', 'workdir', 'output'])
+
+def _define_flags():
+  config = config_flags.DEFINE_config_file('config', None, 'Config file (for the data).')
+  workdir = flags.DEFINE_string('workdir', None, 'Stage workdir holding checkpoints/.')
+  split = flags.DEFINE_string('split', None, 'Split to embed (default: data.eval_split).')
+  output = flags.DEFINE_string('output', None, 'Output .npz path.')
+  output_key = flags.DEFINE_enum(
+    'features', 'features', ['features', 'projection', 'logits_sup'],
+    'Which output: encoder features (default), projection-head output, or classifier logits.')
+  flags.mark_flags_as_required(['config', 'workdir', 'output'])
+  return config, workdir, split, output, output_key
 
 
 def embed(config, workdir: str, split: str | None = None, output: str = 'features'):
@@ -51,22 +53,25 @@ def embed(config, workdir: str, split: str | None = None, output: str = 'feature
   return features.astype(np.float32), labels.astype(np.int64)
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str], flag_values) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   from simclr_jax import cli
   from simclr_jax.errors import ConfigError
 
+  config, workdir, split, output, output_key = (holder.value for holder in flag_values)
   try:
-    features, labels = embed(_CONFIG.value, _WORKDIR.value, _SPLIT.value, _OUTPUT_KEY.value)
+    features, labels = embed(config, workdir, split, output_key)
   except (ConfigError, FileNotFoundError) as error:
     if cli.verbose():
       raise
     sys.exit(f'error: {error}')  # One line (SIMCLR_VERBOSE=1 for the traceback).
-  os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
-  np.savez(_OUTPUT.value, features=features, labels=labels)
-  print(f'Wrote {_OUTPUT.value}: features {features.shape} float32, labels {labels.shape}')
+  os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+  np.savez(output, features=features, labels=labels)
+  print(f'Wrote {output}: features {features.shape} float32, labels {labels.shape}')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  from simclr_jax import cli
+
+  cli.run(_define_flags, main)

@@ -151,7 +151,6 @@ def export(
 
 
 def _define_flags():
-  # Defined only when run as a program: importing this module never adds a --config flag.
   from absl import flags
   from ml_collections import config_flags
 
@@ -183,7 +182,6 @@ def main(argv: list[str], flag_values) -> None:
 
 
 if __name__ == '__main__':
-  from absl import app
+  from simclr_jax import cli
 
-  _flag_values = _define_flags()
-  app.run(lambda argv: main(argv, _flag_values))
+  cli.run(_define_flags, main)

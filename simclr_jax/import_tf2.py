@@ -344,22 +344,22 @@ def import_saved_model(
                            config_name=config_name)
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str], flag_values) -> None:
   from simclr_jax import checkpoints
 
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  config = _CONFIG.value
-  directory = checkpoints.checkpoint_dir(_WORKDIR.value)
+  saved_model, config, workdir = (holder.value for holder in flag_values)
+  directory = checkpoints.checkpoint_dir(workdir)
   if os.path.isdir(directory) and os.listdir(directory):
     raise ValueError(f'{directory} already holds checkpoints; import into a new stage workdir '
                      '(or delete that one)')
   params, batch_stats, info = import_saved_model(
-    _SAVED_MODEL.value, config, config_flags.get_config_filename(flags.FLAGS['config'])
+    saved_model, config, config_flags.get_config_filename(flags.FLAGS['config'])
   )
   meta = checkpoints.run_meta(config, 0, stage='import_tf2', imported_from=info['saved_model'],
                               architecture=info['architecture'])
-  path = checkpoints.save_variables(_WORKDIR.value, params, batch_stats, meta)
+  path = checkpoints.save_variables(workdir, params, batch_stats, meta)
   arch = info['architecture']
   print(f'Imported {info["num_variables"]} variables ({info["num_values"]:,} values) of '
         f'{info["saved_model"]}: {arch["block_type"]} blocks {arch["blocks_per_stage"]}, width '
@@ -367,13 +367,19 @@ def main(argv: list[str]) -> None:
         f'{arch["num_proj_layers"]} head layers, {arch["num_classes"]} classes -> {path}')
 
 
-if __name__ == '__main__':
-  # Flags are defined only when run as a program, so that importing this module as a library
-  # never clashes with other CLIs' `--config` / `--workdir` in the same process.
-  _SAVED_MODEL = flags.DEFINE_string('saved_model', None,
-                                     'Official TF2 SavedModel folder (the one holding variables/).')
-  _CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Config whose model matches the SavedModel.', lock_config=True)
-  _WORKDIR = flags.DEFINE_string('workdir', None, 'Stage workdir to write checkpoints/ into.')
+def _define_flags():
+  holders = (
+    flags.DEFINE_string('saved_model', None,
+                        'Official TF2 SavedModel folder (the one holding variables/).'),
+    config_flags.DEFINE_config_file('config', None, 'Config whose model matches the SavedModel.',
+                                    lock_config=True),
+    flags.DEFINE_string('workdir', None, 'Stage workdir to write checkpoints/ into.'),
+  )
   flags.mark_flags_as_required(['saved_model', 'config', 'workdir'])
-  app.run(main)
+  return holders
+
+
+if __name__ == '__main__':
+  from simclr_jax import cli
+
+  cli.run(_define_flags, main)

@@ -13,12 +13,15 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a config file.', lock_config=True)
-_WORKDIR = flags.DEFINE_string(
-  'workdir', None, 'Directory for checkpoints, TensorBoard events and results (default: '
-  'workdirs/<config.name>).'
-)
-flags.mark_flags_as_required(['config'])
+
+def _define_flags():
+  config = config_flags.DEFINE_config_file('config', None, 'Path to a config file.',
+                                           lock_config=True)
+  workdir = flags.DEFINE_string(
+    'workdir', None, 'Directory for checkpoints, TensorBoard events and results (default: '
+    'workdirs/<config.name>).')
+  flags.mark_flags_as_required(['config'])
+  return config, workdir
 
 
 class _QuietLibraries(python_logging.Filter):
@@ -40,10 +43,10 @@ def default_workdir(config_name: str) -> str:
   return os.path.join('workdirs', config_name)
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str], flag_values) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  config = _CONFIG.value
+  config, workdir = (holder.value for holder in flag_values)
   logging.get_absl_handler().addFilter(_QuietLibraries())
   # Imported after flag parsing so `--help` stays fast and JAX sees the final environment.
   import jax
@@ -61,7 +64,7 @@ def main(argv: list[str]) -> None:
   if config.compilation_cache_dir:
     jax.config.update('jax_compilation_cache_dir', config.compilation_cache_dir)
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
-  workdir = _WORKDIR.value or default_workdir(config.name)
+  workdir = workdir or default_workdir(config.name)
   logging.info('JAX %s: %d processes, %d devices (%s); workdir %s', jax.__version__,
                jax.process_count(), jax.device_count(), jax.devices()[0].platform, workdir)
   try:
@@ -84,4 +87,4 @@ def main(argv: list[str]) -> None:
 if __name__ == '__main__':
   from simclr_jax import cli
 
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(_define_flags, main)

@@ -356,21 +356,20 @@ def make_plan(config, accelerator_type: str, topology: str = '', max_fix_compile
   }
 
 
-def main(argv: list[str]) -> None:
-  from absl import app, flags, logging
+def main(argv: list[str], flag_values) -> None:
+  from absl import app, logging
 
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   logging.set_verbosity(logging.WARNING)
   from simclr_jax import validation
 
-  config = flags.FLAGS.config
-  accelerator_type = flags.FLAGS['accelerator-type'].value
+  config, accelerator_type, topology, out, max_fix_compiles = (
+    holder.value for holder in flag_values)
   default_out = os.path.join('workdirs', 'plans', f'{config.name}-{accelerator_type}.json')
-  out = flags.FLAGS.out or default_out
+  out = out or default_out
   try:
-    plan = make_plan(config, accelerator_type, flags.FLAGS.topology,
-                     flags.FLAGS['max-fix-compiles'].value,
+    plan = make_plan(config, accelerator_type, topology, max_fix_compiles,
                      log=lambda line: print(line, file=sys.stderr, flush=True))
   except (PlanError, validation.ConfigError, FileNotFoundError) as error:
     sys.exit(f'error: {error}')
@@ -387,25 +386,25 @@ def main(argv: list[str]) -> None:
                f'{row["needed_gib"]:.1f} GiB, has {row["capacity_gib"]:.1f} GiB per device{fix}')
 
 
-def _define_flags() -> None:
+def _define_flags():
   from absl import flags
   from ml_collections import config_flags
 
-  config_flags.DEFINE_config_file('config', None, 'Path to a config file.', lock_config=True)
-  flags.DEFINE_string('accelerator-type', None, 'TPU slice as gcloud spells it: v4-64, v3-128, '
-                      'v5litepod-256, v5p-128, v6e-64, ...')
-  flags.DEFINE_string('topology', '', 'Override the derived topology, e.g. v4:4x4x2.')
-  flags.DEFINE_string('out', '', 'Where to write the plan (JSON); default '
-                      'workdirs/plans/<config.name>-<accelerator type>.json.')
-  flags.DEFINE_integer('max-fix-compiles', 3, 'Compiles spent looking for a fix of a stage that '
-                       'does not fit (0: none).')
+  holders = (
+    config_flags.DEFINE_config_file('config', None, 'Path to a config file.', lock_config=True),
+    flags.DEFINE_string('accelerator-type', None, 'TPU slice as gcloud spells it: v4-64, v3-128, '
+                        'v5litepod-256, v5p-128, v6e-64, ...'),
+    flags.DEFINE_string('topology', '', 'Override the derived topology, e.g. v4:4x4x2.'),
+    flags.DEFINE_string('out', '', 'Where to write the plan (JSON); default '
+                        'workdirs/plans/<config.name>-<accelerator type>.json.'),
+    flags.DEFINE_integer('max-fix-compiles', 3, 'Compiles spent looking for a fix of a stage '
+                         'that does not fit (0: none).'),
+  )
   flags.mark_flags_as_required(['config', 'accelerator-type'])
+  return holders
 
 
 if __name__ == '__main__':
-  from absl import app
-
   from simclr_jax import cli
 
-  _define_flags()
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(_define_flags, main)

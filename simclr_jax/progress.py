@@ -12,6 +12,12 @@ from typing import Any, Mapping
 from absl import logging
 
 
+def itstime(step: int, every: int, total: int, *, last: bool = True) -> bool:
+  """Whether a periodic action runs after `step` (as big_vision's `u.itstime`): at every
+  `every`-th step (never when every <= 0), and with `last` also at the final step `total`."""
+  return (every > 0 and step % every == 0) or (last and step == total)
+
+
 def tensorflow_available() -> bool:
   try:
     import tensorflow  # noqa: F401

@@ -219,19 +219,19 @@ def train_and_evaluate(
         state, metrics = train_step(state, batch, teacher, spec.data.resident)
       history.append(metrics)
       report_progress(step)
-      if step % config.train.log_every_steps == 0 or step == total_steps:
+      if progress.itstime(step, config.train.log_every_steps, total_steps):
         summary = _mean_metrics(history)
         _check_finite(summary, last_logged + 1, step)
         log(step, {**summary, 'epoch': step / steps_per_epoch})
         history, last_logged = [], step
-      if config.train.eval_every_steps and step % config.train.eval_every_steps == 0:
+      if progress.itstime(step, config.train.eval_every_steps, total_steps, last=False):
         accuracy = evaluation.classification_accuracy(
           eval_step, state.params, state.batch_stats, eval_data, mesh)
         log(step, {'eval_top1': accuracy['top1'], 'eval_top5': accuracy['top5']})
-      if knn and config.knn.every_steps and step % config.knn.every_steps == 0:
+      if knn and progress.itstime(step, config.knn.every_steps, total_steps, last=False):
         log(step, {'knn_top1': knn(state)})
       preempted = watcher.should_stop(step)
-      if preempted or step % config.train.checkpoint_every_steps == 0 or step == total_steps:
+      if preempted or progress.itstime(step, config.train.checkpoint_every_steps, total_steps):
         if history:  # Never save past a NaN that the next log would only report later.
           _check_finite(_mean_metrics(history), last_logged + 1, step)
         elapsed = earlier_segments_s + time.time() - start_time

@@ -250,7 +250,7 @@ def validate_stages(config: ml_collections.ConfigDict) -> None:
   for name in names:
     stage = stages.get(name)
     used |= stage.sections()
-    for restore in (stage.init, stage.teacher):
+    for restore in (stage.teacher, stage.init):  # The teacher first: without it nothing runs.
       if restore:
         _check_restore(restore, name, config, names)
   finetune, distill = config.finetune, config.distill

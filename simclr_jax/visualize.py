@@ -351,8 +351,6 @@ def render_run_plots(
 
 
 def _define_flags():
-  # Defined only when run as a program, so importing this module (tests, the training loop)
-  # never collides with another module's --config flag.
   from absl import flags
   from ml_collections import config_flags
 
@@ -383,7 +381,6 @@ def main(argv: list[str], flag_values) -> None:
 
 
 if __name__ == '__main__':
-  from absl import app
+  from simclr_jax import cli
 
-  _flag_values = _define_flags()
-  app.run(lambda argv: main(argv, _flag_values))
+  cli.run(_define_flags, main)

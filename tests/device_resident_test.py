@@ -15,11 +15,10 @@ DRIVER = textwrap.dedent('''
   # Make TensorFlow (and everything built on it) unimportable, as on a JAX-only machine.
   for name in ('tensorflow', 'tensorflow_datasets', 'tensorboard'):
     sys.modules[name] = None
-  from absl import app
-  from simclr_jax import main
+  from simclr_jax import cli, main
   sys.argv = ['main'] + sys.argv[1:]
   try:
-    app.run(main.main)
+    cli.run(main._define_flags, main.main)
   finally:
     loaded = [m for m in sys.modules if m.startswith('tensorflow') and sys.modules[m] is not None]
     print('TENSORFLOW_MODULES', loaded)

@@ -113,10 +113,9 @@ def _feed_both_hosts_shares() -> None:
 
 
 def _drive(mode: str, out_prefix: str, flags: list[str]) -> None:
-  from absl import app
   from flax import traverse_util
 
-  from simclr_jax import main
+  from simclr_jax import cli, main
 
   record = {'indices': [], 'params': None}
   _record_indices(record)
@@ -124,7 +123,7 @@ def _drive(mode: str, out_prefix: str, flags: list[str]) -> None:
   if mode == 'reference':
     _feed_both_hosts_shares()
   try:
-    app.run(main.main, argv=['simclr_jax.main', *flags])
+    cli.run(main._define_flags, main.main, argv=['simclr_jax.main', *flags])
   except SystemExit as stop:
     if stop.code:
       raise

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import demo as demo_lib
-from simclr_jax import checkpoints, embed, run, validation
+from simclr_jax import checkpoints, embed, run, stages, validation
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -62,11 +62,11 @@ def test_chain_restores_each_stage_and_linear_eval_freezes_the_encoder(tmp_path)
   assert np.any(ft_params['head_supervised']['linear_layer']['dense']['kernel'] != 0)
 
   # Distill restored the fine-tuned teacher, and a student initialised from pretraining.
-  restore = run._restore_for(config, 'distill', workdir)
-  _assert_trees_equal(restore['teacher_variables']['params'], ft_params)
-  _assert_trees_equal(restore['teacher_variables']['batch_stats'], ft_stats)
-  _assert_trees_equal(restore['variables']['params']['encoder'], pre_params['encoder'])
-  _assert_trees_equal(restore['variables']['batch_stats']['encoder'], pre_stats['encoder'])
+  init = run._init_for(config, stages.get('distill'), workdir)
+  _assert_trees_equal(init.teacher.variables['params'], ft_params)
+  _assert_trees_equal(init.teacher.variables['batch_stats'], ft_stats)
+  _assert_trees_equal(init.variables['params']['encoder'], pre_params['encoder'])
+  _assert_trees_equal(init.variables['batch_stats']['encoder'], pre_stats['encoder'])
   assert 'labelled_loss' in open(os.path.join(workdir, 'distill', 'metrics.jsonl')).read()
 
   # The supervised baseline did not restore anything.
@@ -112,7 +112,7 @@ def test_restoring_into_a_different_architecture_lists_the_mismatches(tmp_path):
   wider = _tiny_chain()
   wider.model.width_multiplier = 0.25
   with pytest.raises(ValueError) as excinfo:
-    run._restore_for(wider, 'finetune', str(tmp_path))
+    run._init_for(wider, stages.get('finetune'), str(tmp_path))
   message = str(excinfo.value)
   assert 'encoder/stage1/block_0/bn_0/bias shape (8,) != expected (16,)' in message
   assert '46 mismatches' in message and '\n' not in message
@@ -121,7 +121,7 @@ def test_restoring_into_a_different_architecture_lists_the_mismatches(tmp_path):
 def test_missing_init_checkpoint_is_a_clear_error(tmp_path):
   config = _tiny_chain()
   with pytest.raises(FileNotFoundError, match='does not exist'):
-    run._restore_for(config, 'finetune', str(tmp_path))
+    run._init_for(config, stages.get('finetune'), str(tmp_path))
 
 
 def test_stage_config_takes_each_stage_section():
