@@ -12,9 +12,16 @@ config supplies the data.
 import os
 import sys
 
+import ml_collections
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from simclr_jax import cli, evaluation, sharding
+from simclr_jax.data import input as data_input
+from simclr_jax.data import views
+from simclr_jax.errors import ConfigError
+from simclr_jax.models import load
 
 
 def _define_flags():
@@ -31,13 +38,6 @@ def _define_flags():
 
 def embed(config, workdir: str, split: str | None = None, output: str = 'features'):
   """(features [N, D] float32, labels [N]) of a split, from the newest checkpoint in workdir."""
-  import ml_collections
-
-  from simclr_jax import evaluation, sharding
-  from simclr_jax.data import input as data_input
-  from simclr_jax.data import views
-  from simclr_jax.models import load
-
   saved = load.load(workdir, config)
   # The saved architecture, the requested data.
   model_config = ml_collections.ConfigDict(saved.config.to_dict())
@@ -56,8 +56,6 @@ def embed(config, workdir: str, split: str | None = None, output: str = 'feature
 def main(argv: list[str], flag_values) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  from simclr_jax import cli
-  from simclr_jax.errors import ConfigError
 
   config, workdir, split, output, output_key = (holder.value for holder in flag_values)
   try:
@@ -72,6 +70,4 @@ def main(argv: list[str], flag_values) -> None:
 
 
 if __name__ == '__main__':
-  from simclr_jax import cli
-
   cli.run(_define_flags, main)

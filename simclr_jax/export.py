@@ -25,7 +25,12 @@ from typing import Any
 
 import ml_collections
 import numpy as np
+from absl import app, flags
 from flax import traverse_util
+from ml_collections import config_flags
+
+from simclr_jax import cli
+from simclr_jax.models import load
 
 NPZ_FILE = 'model.npz'
 CONFIG_FILE = 'config.json'
@@ -50,7 +55,6 @@ def unflatten_variables(flat: dict[str, np.ndarray]) -> dict[str, Any]:
 
 def inference_model(config: ml_collections.ConfigDict, params: Any):
   """The model of `config`'s architecture in single-device inference form (no BN axis)."""
-  from simclr_jax.models import load
 
   return load.build(config, load.num_classes_of(params), bn_axis_name=None)
 
@@ -98,7 +102,7 @@ def write_saved_model(
   Variables become tf.Variables (not graph constants), so models above the 2 GiB protobuf
   limit (R152 3x) export too. The batch dimension is symbolic.
   """
-  import tensorflow as tf
+  import tensorflow as tf  # Deferred: only the SavedModel format needs TensorFlow.
   from jax.experimental import jax2tf
 
   converted = jax2tf.convert(
@@ -131,7 +135,6 @@ def export(
   The architecture is the one saved with the checkpoint; `config` (if given) supplies
   data.image_size for the SavedModel input (default: the saved config's).
   """
-  from simclr_jax.models import load
 
   if fmt not in FORMATS:
     raise ValueError(f'--format={fmt} is not one of {", ".join(FORMATS)}; pick one of them')
@@ -151,9 +154,6 @@ def export(
 
 
 def _define_flags():
-  from absl import flags
-  from ml_collections import config_flags
-
   config = config_flags.DEFINE_config_file(
     'config', None, 'Config file (image size); default: the config saved with the checkpoint.')
   workdir = flags.DEFINE_string('workdir', None, 'Stage workdir holding checkpoints/.')
@@ -165,8 +165,6 @@ def _define_flags():
 
 
 def main(argv: list[str], flag_values) -> None:
-  from absl import app
-
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   config, workdir, output, fmt, overwrite = (f.value for f in flag_values)
@@ -182,6 +180,4 @@ def main(argv: list[str], flag_values) -> None:
 
 
 if __name__ == '__main__':
-  from simclr_jax import cli
-
   cli.run(_define_flags, main)

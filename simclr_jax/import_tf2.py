@@ -21,7 +21,11 @@ from typing import Any
 
 import numpy as np
 from absl import app, flags
+from flax import traverse_util
 from ml_collections import config_flags
+
+from simclr_jax import checkpoints, cli
+from simclr_jax.models import load, resnet
 
 _VALUE_ATTRIBUTE = 'VARIABLE_VALUE'
 _OBJECT_GRAPH_KEY = '_CHECKPOINTABLE_OBJECT_GRAPH'
@@ -53,7 +57,7 @@ def read_variables(saved_model_dir: str) -> dict[str, np.ndarray]:
       f'{prefix}.index not found; --saved_model must be the saved_model/ folder of an official '
       'TF2 SimCLR export (the one holding variables/ and saved_model.pb)'
     )
-  import tensorflow as tf  # Local: only the importer needs TensorFlow's checkpoint reader.
+  import tensorflow as tf  # Deferred: only reading a SavedModel needs TensorFlow.
   from tensorflow.core.protobuf import trackable_object_graph_pb2
 
   reader = tf.train.load_checkpoint(prefix)
@@ -186,7 +190,6 @@ def map_variables(variables: dict[str, Any]) -> tuple[dict[tuple[str, str], str]
 
 def infer_architecture(variables: dict[str, Any]) -> dict[str, Any]:
   """The architecture of official variables ({full name: array or anything with `.shape`})."""
-  from simclr_jax.models import resnet  # Local: keeps `--help` fast.
 
   shape = lambda name: tuple(variables[name].shape)
   groups = _parse_encoder([n for n in variables if n.split('/')[0] == 'resnet'], {})
@@ -230,7 +233,6 @@ def infer_architecture(variables: dict[str, Any]) -> dict[str, Any]:
 
 def _config_differences(arch: dict[str, Any], config) -> list[str]:
   """One line per architecture field where `config` disagrees with the SavedModel."""
-  from simclr_jax.models import resnet
 
   model = config.model
   diffs = []
@@ -296,9 +298,7 @@ def convert_variables(
 ) -> tuple[Any, Any, dict[str, Any]]:
   """(params, batch_stats, info) for `load.build(config, num_classes)` from official
   variables; raises ValueError listing every variable that does not fit."""
-  from flax import traverse_util
 
-  from simclr_jax.models import load
 
   arch = infer_architecture(variables)
   diffs = _config_differences(arch, config)
@@ -345,8 +345,6 @@ def import_saved_model(
 
 
 def main(argv: list[str], flag_values) -> None:
-  from simclr_jax import checkpoints
-
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   saved_model, config, workdir = (holder.value for holder in flag_values)
@@ -380,6 +378,4 @@ def _define_flags():
 
 
 if __name__ == '__main__':
-  from simclr_jax import cli
-
   cli.run(_define_flags, main)

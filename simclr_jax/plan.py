@@ -26,8 +26,20 @@ import sys
 import time
 from typing import Any
 
-# The slice side (chip figures, topologies, libtpu's settings) lives in tpu_slices.py.
+# First: tpu_slices sets libtpu's environment, which must precede importing JAX.
 from simclr_jax.tpu_slices import GIB, PlanError, Slice, parse_accelerator_type, slice_devices
+
+import flax.linen as nn  # noqa: E402 - after tpu_slices (above).
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from simclr_jax import cli, evaluation, run, sharding, stages, train, validation  # noqa: E402
+from simclr_jax.data import input as data_input  # noqa: E402
+from simclr_jax.data import views  # noqa: E402
+from simclr_jax.models import load  # noqa: E402
 
 
 # Classes and train-split sizes of datasets too big to list here (tfds catalog figures), for
@@ -44,14 +56,12 @@ KNOWN_DATASETS = {
 
 def dataset_facts(config, stage: str) -> tuple[int, int]:
   """(num_classes, num_train_examples) of the data a stage trains on, without reading images."""
-  from simclr_jax import stages
 
   dataset = config.data.dataset
   if stages.get(stage).examples == 'labelled' and config.finetune.dataset:
     dataset = config.finetune.dataset
   if dataset in KNOWN_DATASETS:
     return KNOWN_DATASETS[dataset]
-  from simclr_jax.data import input as data_input
 
   source = data_input.load_source(config, config.data.train_split, dataset)
   return source.num_classes, source.num_examples
@@ -60,9 +70,6 @@ def dataset_facts(config, stage: str) -> tuple[int, int]:
 def forward_flops(model, image_size: int) -> int:
   """Analytic FLOPs of one image's forward pass: 2 x the multiply-adds of every convolution and
   dense layer (out positions x kernel size), the usual 'model FLOPs' (no BatchNorm, no ReLU)."""
-  import flax.linen as nn
-  import jax
-  import jax.numpy as jnp
 
   total = [0]
 
@@ -83,8 +90,6 @@ def forward_flops(model, image_size: int) -> int:
 
 def _bytes_per_device(tree: Any) -> int:
   """Bytes one device holds of a pytree of sharded ShapeDtypeStructs."""
-  import jax
-  import numpy as np
 
   def one(x):
     shape = x.sharding.shard_shape(x.shape) if x.sharding is not None else x.shape
@@ -94,18 +99,13 @@ def _bytes_per_device(tree: Any) -> int:
 
 
 def _abstract(tree: Any, shardings: Any) -> Any:
-  import jax
-
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree,
                       shardings)
 
 
 def _train_batch(batch_size: int, canvas_size: int, mesh) -> dict:
   """The host pipeline's global batch (canvases, pipeline.py), as abstract arrays over `data`."""
-  import jax
-  import jax.numpy as jnp
 
-  from simclr_jax import sharding
 
   data = sharding.data_sharded(mesh)
   spec = lambda shape, dtype: jax.ShapeDtypeStruct((batch_size, *shape), dtype, sharding=data)
@@ -128,12 +128,7 @@ def _out_of_memory(error: Exception) -> tuple[float, float] | None:
 
 def compile_stage(config, stage: str, tpu_slice: Slice, devices: list) -> dict[str, Any]:
   """Compiles `stage`'s train and eval steps for the slice; returns one plan row."""
-  import jax
 
-  from simclr_jax import run, sharding, stages, train, validation
-  from simclr_jax.data import input as data_input
-  from simclr_jax.data import views
-  from simclr_jax.models import load
 
   spec = stages.get(stage)
   derived = spec.derive(config)
@@ -224,12 +219,7 @@ def compile_stage(config, stage: str, tpu_slice: Slice, devices: list) -> dict[s
 
 def _eval_memory(config, model, state, mesh, num_devices: int) -> float:
   """Per-device HBM of the compiled eval step (GiB) with the train state's parameters."""
-  import jax
-  import jax.numpy as jnp
 
-  from simclr_jax import evaluation, sharding
-  from simclr_jax.data import input as data_input
-  from simclr_jax.data import views
 
   side = data_input.canvas_size(config)
   batch_size = math.ceil(config.train.eval_batch_size / num_devices) * num_devices
@@ -249,7 +239,6 @@ def _eval_memory(config, model, state, mesh, num_devices: int) -> float:
 
 def _candidate_fixes(config, tpu_slice: Slice, stage: str):
   """Changes to try, cheapest first: shard the state, remat blocks, then larger slices."""
-  from simclr_jax import run
 
   derived = run.stage_config(config, stage)
   if not derived.train.shard_state:
@@ -272,7 +261,6 @@ def _with(config, overrides: dict[str, Any]):
 
 def find_fix(config, stage: str, tpu_slice: Slice, max_compiles: int) -> dict[str, Any] | None:
   """The first candidate fix (cumulative) under which `stage` fits, compiling at most N."""
-  from simclr_jax import validation
 
   applied: dict[str, Any] = {}
   flags_so_far: list[str] = []
@@ -325,7 +313,6 @@ def table(rows: list[dict[str, Any]]) -> str:
 def make_plan(config, accelerator_type: str, topology: str = '', max_fix_compiles: int = 3,
               log=print) -> dict[str, Any]:
   """Compiles every stage of `config.stages` for the slice; returns the plan (plan.json)."""
-  from simclr_jax import validation
 
   tpu_slice = parse_accelerator_type(accelerator_type)
   if topology:
@@ -357,12 +344,9 @@ def make_plan(config, accelerator_type: str, topology: str = '', max_fix_compile
 
 
 def main(argv: list[str], flag_values) -> None:
-  from absl import app, logging
-
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   logging.set_verbosity(logging.WARNING)
-  from simclr_jax import validation
 
   config, accelerator_type, topology, out, max_fix_compiles = (
     holder.value for holder in flag_values)
@@ -387,9 +371,6 @@ def main(argv: list[str], flag_values) -> None:
 
 
 def _define_flags():
-  from absl import flags
-  from ml_collections import config_flags
-
   holders = (
     config_flags.DEFINE_config_file('config', None, 'Path to a config file.', lock_config=True),
     flags.DEFINE_string('accelerator-type', None, 'TPU slice as gcloud spells it: v4-64, v3-128, '
@@ -405,6 +386,4 @@ def _define_flags():
 
 
 if __name__ == '__main__':
-  from simclr_jax import cli
-
   cli.run(_define_flags, main)
