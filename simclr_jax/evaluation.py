@@ -63,15 +63,21 @@ def make_feature_step(model, mesh, view, output: str = 'features'):
 def extract_features(
   feature_step, params, batch_stats, eval_data: data_input.EvalData, mesh
 ) -> tuple[np.ndarray, np.ndarray]:
-  """(features [N, D] float32, labels [N]) of every example of the split, in split order."""
+  """(features [N, D] float32, labels [N]) of every example of the split, in split order.
+
+  With a mesh over every process, each process feeds its share and all get every feature; with a
+  mesh of one process's devices, that process alone extracts the examples it feeds.
+  """
   features, labels, indices = [], [], []
+  local = all(d.process_index == jax.process_index() for d in mesh.devices.flat)
   for host_batch in eval_data.batches():
     batch = sharding.global_batch_from_host(mesh, host_batch)
     out = feature_step(params, batch_stats, {'image': batch['image'], 'size': batch['size']})
-    gathered = multihost_utils.process_allgather(
-      {'features': out, 'label': batch['label'], 'index': batch['index'], 'mask': batch['mask']},
-      tiled=True,
-    )
+    outputs = {'features': out, 'label': batch['label'], 'index': batch['index'],
+               'mask': batch['mask']}
+    # A mesh of this process's devices only (the plots): nothing to gather from other hosts.
+    gathered = jax.device_get(outputs) if local else multihost_utils.process_allgather(
+      outputs, tiled=True)
     keep = gathered['mask'] > 0
     features.append(np.asarray(gathered['features'])[keep])
     labels.append(np.asarray(gathered['label'])[keep])

@@ -6,7 +6,6 @@ path, as its registry entry says (`stages.Restore`): finetune from `finetune.ini
 workdir/pretrain), distill's teacher from `distill.teacher_workdir` (default workdir/finetune).
 """
 
-import json
 import os
 from typing import Any
 
@@ -14,7 +13,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 from absl import logging
-from etils import epath
 
 from simclr_jax import checkpoints, stages, train, validation, visualize
 from simclr_jax import workdir as workdir_lib
@@ -32,13 +30,8 @@ def stage_workdir(workdir: str, stage: str) -> str:
   return os.path.join(workdir, stage)
 
 
-def _read_results(directory: str) -> dict[str, Any] | None:
-  path = epath.Path(directory) / train.RESULTS_FILE
-  return json.loads(path.read_text()) if path.exists() else None
-
-
 def _is_complete(directory: str) -> bool:
-  results = _read_results(directory)
+  results = workdir_lib.read_results(directory)
   if results is None:
     return False
   steps = results.get('steps')
@@ -107,7 +100,7 @@ def run_stages(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dic
       workdir_lib.check_same_run(stage_config(config, stage), directory, finished=True,
                                  stage=stage)
       logging.info('%s: complete in %s; skipping (delete it to rerun).', stage, directory)
-      all_results[stage] = _read_results(directory)
+      all_results[stage] = workdir_lib.read_results(directory)
       continue
     all_results[stage] = train.train_and_evaluate(
       stage_config(config, stage), directory, stage=stage,

@@ -11,7 +11,6 @@ differs only in its data, its loss (`stages.py`), which parameters train, and wh
 
 import dataclasses
 import json
-import os
 import time
 from typing import Any, Callable
 
@@ -33,8 +32,8 @@ from simclr_jax.models import load
 from simclr_jax.step import (  # noqa: F401 - re-exported
   TrainState, abstract_state, init_state, make_train_step, state_shardings, teacher_shardings)
 
-METRICS_FILE = 'metrics.jsonl'
-RESULTS_FILE = 'results.json'
+METRICS_FILE = workdir_lib.METRICS_FILE
+RESULTS_FILE = workdir_lib.RESULTS_FILE
 
 
 def build_optimizer(
@@ -206,7 +205,7 @@ def train_and_evaluate(
 
   def log(step: int, metrics: dict[str, float]) -> None:
     writer.write_scalars(step, metrics)
-    _append_jsonl(workdir, {'step': step, **metrics})
+    workdir_lib.append_metrics(workdir, {'step': step, **metrics})
 
   history: list[dict] = []
   last_logged = start_step
@@ -325,21 +324,3 @@ def _flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """Config as flat scalars (`model.depth`: 50) for TensorBoard's hparams view."""
   flat = flax.traverse_util.flatten_dict(json.loads(config.to_json_best_effort()), sep='.')
   return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat.items()}
-
-
-def _append_jsonl(workdir: str, record: dict[str, Any]) -> None:
-  """One JSON object per logged step in workdir/metrics.jsonl: easy to read and plot.
-
-  Appended line by line on a local disk. Object stores (gs://) cannot append: there the file is
-  rewritten whole each time (logs are small: a 100k-step run at log_every_steps=100 is ~0.5 MB).
-  """
-  if jax.process_index() != 0:
-    return
-  line = json.dumps({k: (int(v) if k == 'step' else float(v)) for k, v in record.items()})
-  if '://' not in workdir:
-    with open(os.path.join(workdir, METRICS_FILE), 'a') as f:
-      f.write(line + '\n')
-    return
-  path = epath.Path(workdir) / METRICS_FILE
-  previous = path.read_text() if path.exists() else ''
-  path.write_text(previous + line + '\n')

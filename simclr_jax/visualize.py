@@ -16,18 +16,24 @@ checkpoint, no metrics) is skipped with a log line. The model architecture is th
 with the checkpoint; the config supplies the data and the seed.
 """
 
-import json
 import os
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import logging
+from absl import app, flags, logging
+from etils import epath
+from ml_collections import config_flags
 
-from simclr_jax import plots, stages
+from simclr_jax import cli, evaluation, plots, sharding, stages
+from simclr_jax import workdir as workdir_lib
+from simclr_jax.data import input as data_input
+from simclr_jax.data import pipeline, sources
+from simclr_jax.data import views as views_lib
+from simclr_jax.models import load
 
-METRICS_FILE = 'metrics.jsonl'  # As train.METRICS_FILE / RESULTS_FILE (not imported: keeps the
-RESULTS_FILE = 'results.json'  # curves/bars path free of JAX and TensorFlow).
 PLOTS_SUBDIR = 'plots'
 ALL_PLOTS = ('augmentations', 'tsne', 'curves', 'stages')
 NUM_IMAGES = 8
@@ -38,88 +44,12 @@ STRIDE_SCAN_LIMIT = 20_000
 FEATURE_BATCH = 256
 
 
-def _gfile():
-  import tensorflow as tf  # Local: reading local files must not need TensorFlow.
-
-  return tf.io.gfile
-
-
-def _exists(path: str) -> bool:
-  return _gfile().exists(path) if '://' in path else os.path.exists(path)
-
-
-def _read_text(path: str) -> str:
-  if '://' in path:
-    with _gfile().GFile(path) as f:
-      return f.read()
-  with open(path) as f:
-    return f.read()
-
-
-def _list_dir(path: str) -> list[str]:
-  if '://' in path:
-    return sorted(name.rstrip('/') for name in _gfile().listdir(path))
-  return sorted(os.listdir(path)) if os.path.isdir(path) else []
-
-
-def is_stage_workdir(path: str) -> bool:
-  return any(_exists(os.path.join(path, name))
-             for name in ('checkpoints', METRICS_FILE, RESULTS_FILE))
-
-
-def find_stage_workdirs(workdir: str) -> dict[str, str]:
-  """{stage: stage workdir}: the workdir itself if it is one, else its stage subfolders.
-
-  Stages come in pipeline order (pretrain, finetune, distill, supervised), then any others.
-  """
-  if not _exists(workdir):
-    raise FileNotFoundError(f'--workdir={workdir} does not exist; pass a run or stage workdir')
-  if is_stage_workdir(workdir):
-    return {stage_name(workdir): workdir}
-  found = {name: os.path.join(workdir, name) for name in _list_dir(workdir)
-           if is_stage_workdir(os.path.join(workdir, name))}
-  order = {stage: rank for rank, stage in enumerate(stages.STAGES)}
-  return dict(sorted(found.items(), key=lambda item: (order.get(item[0], len(order)), item[0])))
-
-
-def read_metrics(stage_workdir: str) -> list[dict[str, Any]]:
-  """The records of metrics.jsonl ([] if absent); an unreadable line (a write cut short by a
-  preemption) is skipped and counted in the log."""
-  path = os.path.join(stage_workdir, METRICS_FILE)
-  if not _exists(path):
-    return []
-  records, bad = [], 0
-  for line in filter(str.strip, _read_text(path).splitlines()):
-    try:
-      records.append(json.loads(line))
-    except json.JSONDecodeError:
-      bad += 1
-  if bad:
-    logging.warning('%s: skipped %d unreadable lines.', path, bad)
-  return records
-
-
-def read_results(stage_workdir: str) -> dict[str, Any] | None:
-  path = os.path.join(stage_workdir, RESULTS_FILE)
-  return json.loads(_read_text(path)) if _exists(path) else None
-
-
-def stage_name(stage_workdir: str) -> str:
-  """The stage a workdir holds: results.json's `stage`, else the folder name if it is a stage."""
-  results = read_results(stage_workdir) or {}
-  name = os.path.basename(os.path.normpath(stage_workdir))
-  return results.get('stage') or (name if name in stages.REGISTRY else stages.STAGES[0])
-
-
 # ------------------------------------------------------------------------------- data and model
 
 
 def _load_split(config: ml_collections.ConfigDict, split: str):
   """The whole split (one process draws the plots), big JPEGs decoded at reduced scale as for
   training: a plot of 16 phone photos must not decode 16 x 36 MB."""
-  from simclr_jax.data import input as data_input
-  from simclr_jax.data import sources
-
   data = config.data
   return sources.load(data.dataset, split, folder=data.folder, data_dir=data.tfds_data_dir,
                       min_decoded_side=data_input.MIN_SIDE_FACTOR * data.image_size)
@@ -130,10 +60,7 @@ def _spread(source, count: int):
   stride = 1
   if source.num_examples <= STRIDE_SCAN_LIMIT:
     stride = max(1, source.num_examples // count)
-  dataset = source.dataset
-  if stride > 1:
-    dataset = dataset.filter(lambda example: example['index'] % stride == 0)
-  return dataset.take(count)
+  return source.restrict(np.arange(0, source.split_size, stride)[:count])
 
 
 def augmentation_views(
@@ -145,12 +72,6 @@ def augmentation_views(
   built by the device half (data/views.py) with the keys of epoch 0: pretraining's SimCLR views
   (the per-replica blur as for one device at step 0), or two crop + flip views for the others.
   """
-  import jax
-  import jax.numpy as jnp
-
-  from simclr_jax.data import input as data_input
-  from simclr_jax.data import pipeline, views as views_lib
-
   data = config.data
   source = _load_split(config, data.train_split)
   simclr = stages.get(stage).views == 'simclr'  # Else two crop + flip views.
@@ -158,7 +79,7 @@ def augmentation_views(
   blur = data.blur_mode if simclr and data.use_blur else ''
   canvas_size = data_input.canvas_size(config)
   originals, canvases, sizes, indices, titles = [], [], [], [], []
-  for example in _spread(source, num_images):
+  for example in _spread(source, num_images).dataset:
     canvas, size = pipeline.to_canvas(example['image'], canvas_size)
     canvases.append(canvas.numpy())
     sizes.append(size.numpy())
@@ -190,51 +111,32 @@ def encoder_features(
 ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
   """(features [N, D] float32, labels [N], class names) of up to `max_points` eval images.
 
-  Encoder output in inference mode on the eval views, on one local device. Variables
+  Encoder output in inference mode on the eval views (`evaluation.extract_features` on a mesh of
+  one local device: only this process draws). Variables
   are `variables` ({'params', 'batch_stats'}) if given, else the newest checkpoint's.
   """
-  import jax
-
-  from simclr_jax.data import input as data_input
-  from simclr_jax.data import pipeline, views
-  from simclr_jax.models import load
-
   if variables is None:  # The saved architecture (a distilled student may differ).
     loaded = load.load(stage_workdir, config, bn_axis_name=None)
     model, variables = loaded.model, loaded.variables
   else:
     model = load.build(config, load.num_classes_of(variables['params']), bn_axis_name=None)
-  view = views.make_eval_view(config)  # The eval view, as the eval steps build it.
-  apply = jax.jit(lambda v, batch: model.apply(v, view(batch), train=False)['features'])
-  device_variables = jax.device_put(
-    {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})},
-    jax.local_devices()[0])
-  data = config.data
-  source = _load_split(config, data.eval_split)
-  canvas_size = data_input.canvas_size(config)
-
-  def place(example):
-    canvas, size = pipeline.to_canvas(example['image'], canvas_size)
-    return {'image': canvas, 'size': size}, example['label']
-
+  source = _spread(_load_split(config, config.data.eval_split), max_points)
+  if source.num_examples == 0:
+    raise ValueError(f'data.eval_split={config.data.eval_split!r} has no images; check '
+                     'data.dataset')
+  mesh = sharding.make_mesh(jax.local_devices()[:1])  # This process alone draws the plots.
   batch_size = min(FEATURE_BATCH, max_points)
-  dataset = _spread(source, max_points).map(place).batch(batch_size)
-  features, labels = [], []
-  for batch, batch_labels in dataset.as_numpy_iterator():
-    count = len(batch_labels)  # Pad to a fixed batch: one compile.
-    padded = {key: np.pad(value, [(0, batch_size - count)] + [(0, 0)] * (value.ndim - 1))
-              for key, value in batch.items()}
-    features.append(np.asarray(apply(device_variables, padded))[:count])
-    labels.append(batch_labels)
-  if not features:
-    raise ValueError(f'data.eval_split={data.eval_split!r} has no images; check data.dataset')
-  return (np.concatenate(features).astype(np.float32), np.concatenate(labels),
-          source.class_names)
+  data = data_input.eval_data(config, source, batch_size)
+  step = evaluation.make_feature_step(model, mesh, views_lib.make_eval_view(config))
+  params, batch_stats = sharding.replicate(
+    mesh, (variables['params'], variables.get('batch_stats', {})))
+  features, labels = evaluation.extract_features(step, params, batch_stats, data, mesh)
+  return features, labels, source.class_names
 
 
 def tsne_embedding(features: np.ndarray, seed: int = 0) -> np.ndarray:
   """t-SNE [N, 2] of L2-normalised features (cosine geometry, as the kNN monitor and NT-Xent)."""
-  from sklearn.manifold import TSNE
+  from sklearn.manifold import TSNE  # Deferred: heavy, and only the t-SNE needs it.
 
   features = np.asarray(features, np.float64)
   features = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
@@ -265,11 +167,9 @@ def render_stage_plots(
   state) to skip reading the checkpoint back. Only process 0 writes; in a multi-process job
   without `variables` the t-SNE is skipped (restoring from one process only would stall).
   """
-  import jax
-
   if jax.process_index() != 0:
     return []
-  stage = stage_name(stage_workdir)
+  stage = workdir_lib.stage_name(stage_workdir)
   out = plots_dir(stage_workdir)
   written = []
   if 'augmentations' in which:
@@ -279,7 +179,7 @@ def render_stage_plots(
       originals, views_1, views_2, os.path.join(out, 'augmentations.png'), titles=titles,
       suptitle=description))
   if 'tsne' in which:
-    has_checkpoint = variables is not None or _exists(os.path.join(stage_workdir, 'checkpoints'))
+    has_checkpoint = variables is not None or (epath.Path(stage_workdir) / 'checkpoints').exists()
     if not has_checkpoint:
       logging.info('%s: no checkpoints/; t-SNE skipped.', stage_workdir)
     elif variables is None and jax.process_count() > 1:
@@ -296,10 +196,10 @@ def render_stage_plots(
           title=f'{stage}: t-SNE of encoder features, {len(points)} {config.data.eval_split} '
                 'images'))
   if 'curves' in which:
-    path = plots.training_curves(read_metrics(stage_workdir), os.path.join(out, 'curves.png'),
+    path = plots.training_curves(workdir_lib.read_metrics(stage_workdir), os.path.join(out, 'curves.png'),
                                  title=f'{stage}: {stage_workdir}')
     if path is None:
-      logging.info('%s: no metrics in %s; curves skipped.', stage_workdir, METRICS_FILE)
+      logging.info('%s: no metrics in %s; curves skipped.', stage_workdir, workdir_lib.METRICS_FILE)
     else:
       written.append(path)
   for path in written:
@@ -311,7 +211,7 @@ def top1_by_stage(stage_workdirs: dict[str, str]) -> dict[str, float]:
   """{stage: eval_top1} of the stages whose results.json has one."""
   found = {}
   for stage, directory in stage_workdirs.items():
-    results = read_results(directory) or {}
+    results = workdir_lib.read_results(directory) or {}
     if isinstance(results.get('eval_top1'), (int, float)):
       found[stage] = float(results['eval_top1'])
   return found
@@ -326,10 +226,10 @@ def render_run_plots(
   max_points: int = MAX_POINTS,
 ) -> list[str]:
   """Every plot that applies to a run workdir (or a single stage workdir); returns the paths."""
-  stage_workdirs = find_stage_workdirs(workdir)
+  stage_workdirs = workdir_lib.find_stage_workdirs(workdir)
   if not stage_workdirs:
     raise FileNotFoundError(
-      f'--workdir={workdir} holds no stage (no checkpoints/, {METRICS_FILE} or {RESULTS_FILE} in '
+      f'--workdir={workdir} holds no stage (no checkpoints/, {workdir_lib.METRICS_FILE} or {workdir_lib.RESULTS_FILE} in '
       'it or its subfolders); pass the --workdir given to simclr_jax.main'
     )
   written = []
@@ -351,9 +251,6 @@ def render_run_plots(
 
 
 def _define_flags():
-  from absl import flags
-  from ml_collections import config_flags
-
   config = config_flags.DEFINE_config_file('config', None, 'Config file (data and seed).')
   workdir = flags.DEFINE_string('workdir', None, 'Run workdir or stage workdir.')
   which = flags.DEFINE_list('plots', list(ALL_PLOTS), f'Plots to render, of {ALL_PLOTS}.')
@@ -364,8 +261,6 @@ def _define_flags():
 
 
 def main(argv: list[str], flag_values) -> None:
-  from absl import app
-
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   config, workdir, which, num_images, max_points = (f.value for f in flag_values)
@@ -381,6 +276,4 @@ def main(argv: list[str], flag_values) -> None:
 
 
 if __name__ == '__main__':
-  from simclr_jax import cli
-
   cli.run(_define_flags, main)

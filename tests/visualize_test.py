@@ -11,6 +11,7 @@ from PIL import Image
 
 from configs import demo as demo_lib
 from simclr_jax import plots, train, visualize
+from simclr_jax import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIN_PIXEL_STD = 5.0  # Grey levels; a blank white figure has std 0.
@@ -52,7 +53,7 @@ def _check_png(path, size):
 @pytest.mark.slow
 def test_every_plot_of_a_real_run(run_workdir):
   config, workdir = run_workdir
-  assert list(visualize.find_stage_workdirs(workdir)) == ['pretrain', 'finetune', 'supervised']
+  assert list(workdir_lib.find_stage_workdirs(workdir)) == ['pretrain', 'finetune', 'supervised']
   written = visualize.render_run_plots(config, workdir, num_images=4, max_points=100)
   pretrain_plots = os.path.join(workdir, 'pretrain', 'plots')
   # Sizes from the layouts: 100 dpi; 4 images x 3 rows of 1.5 in; 7 x 6 in; five 4 x 3 in
@@ -68,11 +69,11 @@ def test_every_plot_of_a_real_run(run_workdir):
   assert sorted(written) == sorted(expected)
   for path, size in expected.items():
     _check_png(path, size)
-  records = visualize.read_metrics(os.path.join(workdir, 'pretrain'))
+  records = workdir_lib.read_metrics(os.path.join(workdir, 'pretrain'))
   panels = dict(plots.curve_panels(records))
   assert panels['loss'][0] == 'contrastive_loss'
   assert 'eval_top1' in panels['classifier accuracy'] and panels['kNN top-1'] == ['knn_top1']
-  assert visualize.top1_by_stage(visualize.find_stage_workdirs(workdir))['finetune'] == 0.3
+  assert visualize.top1_by_stage(workdir_lib.find_stage_workdirs(workdir))['finetune'] == 0.3
 
 
 @pytest.mark.slow
@@ -114,7 +115,7 @@ def test_plots_handle_missing_metrics_and_reject_bad_input(tmp_path):
   bottom = lambda path: np.asarray(Image.open(path).convert('L'))[-12:]
   assert bottom(bare).min() > bottom(noted).min()  # The note is drawn under the axes.
   (tmp_path / 'metrics.jsonl').write_text('{"step": 1, "knn_top1": 0.5}\n{"step": 2, "kn')
-  assert visualize.read_metrics(str(tmp_path)) == [{'step': 1, 'knn_top1': 0.5}]  # Cut line.
+  assert workdir_lib.read_metrics(str(tmp_path)) == [{'step': 1, 'knn_top1': 0.5}]  # Cut line.
   with pytest.raises(FileNotFoundError, match='holds no stage'):
     (tmp_path / 'empty').mkdir()
     visualize.render_run_plots(None, str(tmp_path / 'empty'))

@@ -155,16 +155,21 @@ def make_eval_data(
   if config.data.device_resident:
     return EvalData(*resident.make_eval_iterator(config, split, max_examples))
   source = load_source(config, split, max_examples=max_examples)
-  num_examples = source.num_examples
-  host_batch_size = _host_batch(config.train.eval_batch_size)
   # Every host runs the same number of eval steps; hosts that run out feed masked batches.
-  largest_host_share = math.ceil(num_examples / jax.process_count())
-  num_batches = math.ceil(largest_host_share / host_batch_size)
+  host_batch_size = _host_batch(config.train.eval_batch_size)
+  largest_host_share = math.ceil(source.num_examples / jax.process_count())
+  return eval_data(config, source, host_batch_size, math.ceil(largest_host_share / host_batch_size))
+
+
+def eval_data(
+  config: ml_collections.ConfigDict, source, batch_size: int, num_batches: int | None = None
+) -> EvalData:
+  """Eval batches of canvases of a source (this host's examples of it)."""
 
   def make_iterator() -> Batches:
     dataset = pipeline.make_eval_dataset(
-      source, batch_size=host_batch_size, canvas_size=canvas_size(config), num_batches=num_batches,
+      source, batch_size=batch_size, canvas_size=canvas_size(config), num_batches=num_batches,
       cache=config.data.cache)
     return pipeline.iterate_numpy(dataset)
 
-  return EvalData(num_examples, source.num_classes, make_iterator)
+  return EvalData(source.num_examples, source.num_classes, make_iterator)
