@@ -21,6 +21,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
+from flax import traverse_util
+from jax.experimental import multihost_utils
 
 CHECKPOINT_SUBDIR = 'checkpoints'
 
@@ -119,8 +121,6 @@ def _set_aside(manager: ocp.CheckpointManager, step: int) -> str:
     epath.Path(target_dir).mkdir(parents=True, exist_ok=True)
     epath.Path(source).rename(target)
   if jax.process_count() > 1:  # Every host sees the step gone before looking again.
-    from jax.experimental import multihost_utils
-
     multihost_utils.sync_global_devices(f'damaged checkpoint {step} set aside')
   manager.reload()
   return target
@@ -229,8 +229,6 @@ def merge_restored(
   Raises ValueError listing every missing, unexpected or mis-shaped variable under `prefixes`,
   so restoring into a different architecture never silently keeps a fresh initialisation.
   """
-  from flax import traverse_util  # Local: keeps this module light for CLI imports.
-
   fresh_flat = traverse_util.flatten_dict(fresh, sep='/')
   restored_flat = traverse_util.flatten_dict(restored or {}, sep='/')
 

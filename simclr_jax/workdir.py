@@ -27,6 +27,7 @@ import ml_collections
 from absl import logging
 from etils import epath
 from flax import traverse_util
+from jax.experimental import multihost_utils
 
 from simclr_jax import stages, validation
 
@@ -204,8 +205,6 @@ class PreemptionWatcher:
     if jax.process_count() > 1:
       # Every host must stop at the same step, or the others would wait in a collective
       # forever: JAX's preemption service makes them agree (it also catches SIGTERM).
-      from jax.experimental import multihost_utils
-
       try:
         return multihost_utils.reached_preemption_sync_point(step)
       except RuntimeError:  # Preemption service not started (no jax.distributed).

@@ -49,7 +49,7 @@ def test_restrict_on_demo_folder_and_host_shares():
   seen = []
   for host in range(2):
     source = sources.load('demo', 'train', process_index=host, process_count=2)
-    restricted = subsets.restrict(source, chosen)
+    restricted = source.restrict(chosen)
     examples = list(restricted.dataset.as_numpy_iterator())
     assert len(examples) == restricted.num_host_examples
     assert int(restricted.dataset.cardinality()) == restricted.num_host_examples

@@ -171,11 +171,13 @@ def test_metrics_jsonl_is_appended_line_by_line_on_a_local_disk(tmp_path, monkey
 
   from etils import epath
 
+  from simclr_jax import workdir as workdir_lib
+
   def no_rewrite(*args, **kwargs):
     raise AssertionError('metrics.jsonl rewritten whole')
 
   monkeypatch.setattr(epath.Path, 'write_text', no_rewrite)
   for step in (1, 2):
-    train._append_jsonl(str(tmp_path), {'step': step, 'loss': 0.5 * step})
-  lines = (tmp_path / train.METRICS_FILE).read_text().splitlines()
+    workdir_lib.append_metrics(str(tmp_path), {'step': step, 'loss': 0.5 * step})
+  lines = (tmp_path / workdir_lib.METRICS_FILE).read_text().splitlines()
   assert [json.loads(line) for line in lines] == [{'step': 1, 'loss': 0.5}, {'step': 2, 'loss': 1.0}]

@@ -18,6 +18,18 @@ def demo_data_dir() -> str:
   return str(pathlib.Path(__file__).resolve().parent.parent / 'demo_data' / 'cifar10')
 
 
+def local_root(dataset: str, folder: str = '') -> str | None:
+  """The folder a `data.dataset` value names: the demo data for 'demo', `folder` for 'folder'
+  (data.folder), None for a tfds dataset name."""
+  if dataset == 'demo':
+    return demo_data_dir()
+  if dataset == 'folder':
+    if not folder:
+      raise ConfigError("data.dataset='folder' needs data.folder=PATH (root/<split>/<class>/*).")
+    return folder
+  return None
+
+
 def _is_image(path: str) -> bool:
   return os.path.isfile(path) and path.lower().endswith(IMAGE_EXTENSIONS)
 

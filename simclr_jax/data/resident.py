@@ -84,9 +84,8 @@ def load_tfds(name: str, split: str, data_dir: str | None = None) -> HostSplit:
 
 def load_split(dataset: str, split: str, folder: str = '', data_dir: str | None = None) -> HostSplit:
   """As `sources.load` for a whole split: 'demo', 'folder' (Pillow) or a tfds name."""
-  if dataset in ('demo', 'folder'):
-    return load_folder(folders.demo_data_dir() if dataset == 'demo' else folder, split)
-  return load_tfds(dataset, split, data_dir)
+  root = folders.local_root(dataset, folder)
+  return load_folder(root, split) if root is not None else load_tfds(dataset, split, data_dir)
 
 
 def put_on_mesh(mesh: Mesh, split: HostSplit) -> dict[str, jax.Array]:

@@ -604,16 +604,13 @@ def load(
 ) -> Source:
   """The `data.dataset` config value -> Source: 'demo', 'folder' (with `folder`) or a tfds name.
 
-  decode=False: examples hold the encoded bytes ('encoded') for crop-window decoding in the
-  pipelines; best for large JPEG sets. decode=True: decoded 'image'. min_decoded_side > 0:
-  JPEGs far larger than that are decoded at 1/2-1/8 scale (`_decode_bytes`).
+  decode=False: examples hold the stored bytes ('encoded'), e.g. to read labels without
+  decoding. min_decoded_side > 0: JPEGs far larger than that are decoded at 1/2-1/8 scale
+  (`_decode_bytes`).
   """
   options = dict(process_index=process_index, process_count=process_count, decode=decode,
                  max_examples=max_examples, min_decoded_side=min_decoded_side)
-  if dataset == 'demo':
-    return from_folder(demo_data_dir(), split, **options)
-  if dataset == 'folder':
-    if not folder:
-      raise ConfigError("data.dataset='folder' needs data.folder=PATH (root/<split>/<class>/*).")
-    return from_folder(folder, split, **options)
+  root = folders.local_root(dataset, folder)
+  if root is not None:
+    return from_folder(root, split, **options)
   return from_tfds(dataset, split, data_dir=data_dir, **options)

@@ -8,6 +8,8 @@ round(fraction * class size) examples (at least 1), or exactly `per_class` of th
 
 import numpy as np
 
+from simclr_jax.data import folders
+
 # TensorFlow only for the tf.data paths below; `balanced_subset` also serves device-resident data.
 try:
   import tensorflow as tf
@@ -20,8 +22,8 @@ except ImportError:  # pragma: no cover - exercised by the no-TensorFlow test.
 
 def split_labels(dataset: str, split: str, *, folder: str = '', data_dir: str | None = None):
   """Labels of every example of a split, in source order (index i = example i)."""
-  if dataset in ('demo', 'folder'):
-    root = sources.demo_data_dir() if dataset == 'demo' else folder
+  root = folders.local_root(dataset, folder)
+  if root is not None:
     _, labels, _ = sources._list_folder(root, split)  # File listing only: no decoding.
     return np.asarray(labels, np.int64)
   # The source's own split order (shard files in order), so that label i is example index i.
@@ -47,11 +49,6 @@ def balanced_subset(
     count = per_class if per_class > 0 else max(1, int(round(fraction * len(members))))
     chosen.append(order[: min(count, len(members))])
   return np.sort(np.concatenate(chosen)) if chosen else np.zeros([0], np.int64)
-
-
-def restrict(source, indices: np.ndarray):
-  """The examples of `source` whose index is in `indices` (each host keeps its own share)."""
-  return source.restrict(indices)
 
 
 def hide_labels_outside(source, indices: np.ndarray):
