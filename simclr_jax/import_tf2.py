@@ -358,11 +358,20 @@ def main(argv: list[str], flag_values) -> None:
   meta = checkpoints.run_meta(config, 0, stage='import_tf2', imported_from=info['saved_model'],
                               architecture=info['architecture'])
   path = checkpoints.save_variables(workdir, params, batch_stats, meta)
+  # Read back as every stage and command will (models.load): the saved config's model must hold
+  # exactly the imported variables, shape for shape.
+  loaded = load.load(workdir, bn_axis_name=None)
+  shapes = lambda tree: {k: tuple(np.shape(v)) for k, v in
+                         traverse_util.flatten_dict(tree, sep='/').items()}
+  abstract = load.abstract_variables(loaded.model, loaded.config.data.image_size)
+  if shapes(abstract['params']) != shapes(loaded.variables['params']):
+    raise ValueError(f'{path} does not load into the model of its saved config; report this')
   arch = info['architecture']
   print(f'Imported {info["num_variables"]} variables ({info["num_values"]:,} values) of '
         f'{info["saved_model"]}: {arch["block_type"]} blocks {arch["blocks_per_stage"]}, width '
         f'{arch["width_multiplier"]:g}, selective kernels {arch["selective_kernels"]}, '
-        f'{arch["num_proj_layers"]} head layers, {arch["num_classes"]} classes -> {path}')
+        f'{arch["num_proj_layers"]} head layers, {arch["num_classes"]} classes -> {path} '
+        f'(loads as a {loaded.num_classes}-class model)')
 
 
 def _define_flags():

@@ -208,7 +208,7 @@ def test_cli_round_trip_writes_a_checkpoint_that_restores_equal(tmp_path):
     timeout=300,
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert 'Imported 135 variables' in proc.stdout
+  assert 'Imported 135 variables' in proc.stdout and '-class model)' in proc.stdout
 
   params, batch_stats, meta = checkpoints.restore_variables(str(workdir))
   expected_params, expected_stats, _ = import_tf2.convert_variables(
