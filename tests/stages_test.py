@@ -91,4 +91,5 @@ def test_a_new_stage_is_one_registry_entry(tmp_path, monkeypatch):
   evaluated, _, _ = checkpoints.restore_variables(os.path.join(str(tmp_path), 'linear_eval'))
   for a, b in zip(jax.tree.leaves(pretrained['encoder']), jax.tree.leaves(evaluated['encoder'])):
     np.testing.assert_array_equal(a, b)  # The encoder is frozen ...
-  assert np.any(evaluated['head_supervised']['linear_layer']['dense']['kernel'] != 0)  # ... not the head.
+  classifier = evaluated['head_supervised']['linear_layer']['dense']['kernel']
+  assert np.any(classifier != 0)  # ... not the zero-initialised classifier.
