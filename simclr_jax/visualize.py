@@ -30,7 +30,6 @@ from ml_collections import config_flags
 from simclr_jax import cli, evaluation, plots, sharding, stages
 from simclr_jax import workdir as workdir_lib
 from simclr_jax.data import input as data_input
-from simclr_jax.data import pipeline, sources
 from simclr_jax.data import views as views_lib
 from simclr_jax.models import load
 
@@ -51,6 +50,9 @@ def _load_split(config: ml_collections.ConfigDict, split: str):
   """The whole split (one process draws the plots), big JPEGs decoded at reduced scale as for
   training: a plot of 16 phone photos must not decode 16 x 36 MB."""
   data = config.data
+  # Deferred, as below: TensorFlow is needed only to draw; runs without it import this module.
+  from simclr_jax.data import sources
+
   return sources.load(data.dataset, split, folder=data.folder, data_dir=data.tfds_data_dir,
                       min_decoded_side=data_input.MIN_SIDE_FACTOR * data.image_size)
 
@@ -77,10 +79,12 @@ def augmentation_views(
   simclr = stages.get(stage).views == 'simclr'  # Else two crop + flip views.
   jitter = data.color_jitter_strength if simclr else 0.0
   blur = data.blur_mode if simclr and data.use_blur else ''
+  from simclr_jax.data.pipeline import to_canvas  # Deferred: TensorFlow (see _load_split).
+
   canvas_size = data_input.canvas_size(config)
   originals, canvases, sizes, indices, titles = [], [], [], [], []
   for example in _spread(source, num_images).dataset:
-    canvas, size = pipeline.to_canvas(example['image'], canvas_size)
+    canvas, size = to_canvas(example['image'], canvas_size)
     canvases.append(canvas.numpy())
     sizes.append(size.numpy())
     indices.append(int(example['index']))

@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 
 import fake_imagenet
-from simclr_jax.data import sources
+from simclr_jax.data import reading, sources
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_TRAIN, SHARDS = 320, 16  # 20 records (~1.2 MB) per shard file.
@@ -178,20 +178,20 @@ def test_cache_rule_caches_what_fits_and_logs_it(data_dir, monkeypatch):
   decoded_imagenet = sources.load(fake_imagenet.NAME, 'train', data_dir=data_dir)
   assert decoded_imagenet.decoded_bytes == 0  # JPEGs of unknown size: never cached decoded.
   assert imagenet.encoded_bytes > 0
-  assert decoded_imagenet._cache_kind(True) == 'encoded'  # 19 MB fits in this host's RAM.
+  assert decoded_imagenet.cache_kind(True) == 'encoded'  # 19 MB fits in this host's RAM.
   demo = sources.load('demo', 'train')
   assert demo.decoded_bytes == 1000 * 32 * 32 * 3  # From the PNG headers.
-  assert demo._cache_kind(True) == 'decoded' and demo._cache_kind(False) == ''
-  monkeypatch.setattr(sources, 'host_ram_bytes', lambda: 4 * demo.encoded_bytes - 4)
-  assert demo._cache_kind(True) == ''  # Even the encoded bytes exceed a quarter of the RAM.
-  monkeypatch.setattr(sources, 'host_ram_bytes', lambda: 4 * demo.decoded_bytes - 4)
-  assert demo._cache_kind(True) == 'encoded'
+  assert demo.cache_kind(True) == 'decoded' and demo.cache_kind(False) == ''
+  monkeypatch.setattr(reading, 'host_ram_bytes', lambda: 4 * demo.encoded_bytes - 4)
+  assert demo.cache_kind(True) == ''  # Even the encoded bytes exceed a quarter of the RAM.
+  monkeypatch.setattr(reading, 'host_ram_bytes', lambda: 4 * demo.decoded_bytes - 4)
+  assert demo.cache_kind(True) == 'encoded'
   # The stream is the same whatever the cache holds.
   kinds = {}
   for ram in (0, 4 * demo.decoded_bytes - 4, 10 * demo.decoded_bytes):
-    monkeypatch.setattr(sources, 'host_ram_bytes', lambda ram=ram: ram)
+    monkeypatch.setattr(reading, 'host_ram_bytes', lambda ram=ram: ram)
     stream = demo.epochs(seed=1, shuffle_buffer=64, cache=True).take(50)
-    kinds[demo._cache_kind(True)] = [(int(x['index']), x['image'].sum())
+    kinds[demo.cache_kind(True)] = [(int(x['index']), x['image'].sum())
                                      for x in stream.as_numpy_iterator()]
   assert set(kinds) == {'', 'encoded', 'decoded'}
   assert kinds[''] == kinds['encoded'] == kinds['decoded']

@@ -101,7 +101,7 @@ def find_unreadable(
 def decoded_bytes(paths: Sequence[str], min_side: int = 0) -> int:
   """uint8 RGB bytes of the decoded images (headers read by `find_unreadable`); 0 = unknown.
 
-  With min_side > 0, JPEGs count at the scale `sources._decode_bytes` decodes them (1/2-1/8 while
+  With min_side > 0, JPEGs count at the scale `reading.decode_bytes` decodes them (1/2-1/8 while
   the shorter side stays >= min_side; libjpeg rounds scaled sizes up).
   """
   total = 0

@@ -32,7 +32,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from simclr_jax.data import folders, subsets
 
-_SHUFFLE = 1  # Purpose folded into the root key (as sources.SHUFFLE_PURPOSE).
+_SHUFFLE = 1  # Purpose folded into the root key (as reading.SHUFFLE_PURPOSE).
 Batches = Iterator[dict[str, np.ndarray]]
 
 

@@ -1,9 +1,9 @@
-"""Where examples come from (tfds datasets, image folders, the embedded demo set) and in what order.
+"""Where examples come from: tfds datasets, image folders, the embedded demo set.
 
 A `Source` is one host's share of a split. It yields examples
 `{'image': uint8 [H, W, 3], 'label': int32 (-1 = unlabeled), 'index': int64}`, or with
-`decode=False` the stored bytes as `{'encoded': tf.string, 'label', 'index'}` so that the
-pipelines decode only crop windows (pipeline.py). `index` is the example's position in the whole
+`decode=False` the stored bytes as `{'encoded': tf.string, 'label', 'index'}` (to read labels
+without decoding). `index` is the example's position in the whole
 split: a stable identity from which augmentation seeds are derived, whatever the host count.
 
 Each host opens only its own files:
@@ -13,22 +13,8 @@ Each host opens only its own files:
     `tfds.even_splits` does, and reads only the shard files that hold it (one shard at each end
     may be shared with a neighbour; the records before the host's part are skipped there).
 
-Two orders:
-  * `ordered(cache)`: the share in split order (evaluation, features, plots);
-  * `epochs(...)`: the training stream, every epoch a fresh permutation from
-    (seed, host, epoch), with an 'epoch' field, starting `start_example` examples in. The work a
-    resume does before its first example is bounded:
-      - folders: the shuffle runs over the file paths, so skipping reads nothing;
-      - tfds shards: an epoch is the host's shard files in a random order, read in windows of
-        `ceil(shuffle_buffer / records per shard)` files whose records are fully permuted
-        (the window is the shuffle buffer); a resume skips whole windows by arithmetic and reads
-        at most one window (the shuffle buffer plus at most one shard);
-      - a cached source is shuffled in memory (the cache is filled once, as training would).
-
-What is cached (`cache=True` allows it) is decided here, from sizes known before reading: the
-decoded images when this host's share provably fits in `CACHE_RAM_FRACTION` of the host's RAM
-(folder headers, or a tfds feature of static shape), otherwise the encoded bytes when those fit
-(file sizes, tfds split bytes), otherwise nothing. The decision is logged in one line.
+How a share is read (in split order, or as training epochs with a bounded-work resume) and what
+may be cached is reading.py's; a Source's `ordered`, `epochs` and `cache_kind` call it.
 """
 
 import dataclasses
@@ -41,90 +27,11 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
-from simclr_jax.data import folders, image_check
+from simclr_jax.data import folders, image_check, reading
 from simclr_jax.errors import ConfigError
 
 demo_data_dir = folders.demo_data_dir  # Re-exported: callers use sources.demo_data_dir().
 KNOWN_TFDS_EXAMPLES = 'cifar10, cifar100, stl10, imagenet2012, imagenet2012_subset/1pct'
-CACHE_RAM_FRACTION = 0.25  # A cache may take at most this share of the host's memory.
-# Purposes folded into the root seed (shared with pipeline.py), so streams never share bits.
-SHUFFLE_PURPOSE = 1
-_MAX_EPOCHS = 2**62
-
-_ANNOUNCED: set[tuple] = set()  # Listings and cache decisions already logged by this process.
-
-
-def _log_once(key: tuple, message: str, *args) -> None:
-  if key not in _ANNOUNCED:
-    _ANNOUNCED.add(key)
-    logging.info(message, *args)
-
-
-def purpose_seed(seed: int, purpose: int, *data) -> tf.Tensor:
-  """A [2] int64 stateless seed from the root seed, a purpose and further integers to fold in."""
-  derived = tf.random.experimental.stateless_fold_in(
-    tf.constant([seed, 0], tf.int64), tf.constant(purpose, tf.int64)
-  )
-  for value in data:
-    derived = tf.random.experimental.stateless_fold_in(derived, tf.cast(value, tf.int64))
-  return derived
-
-
-def _shuffle_seed(seed: int, *data) -> tf.Tensor:
-  """A scalar int64 seed for `Dataset.shuffle` from (seed, 'shuffle', *data)."""
-  derived = purpose_seed(seed, SHUFFLE_PURPOSE, *data)
-  return tf.random.stateless_uniform([], derived, 0, 2**62, dtype=tf.int64)
-
-
-def host_ram_bytes() -> int:
-  """Physical memory of this host, or the container's limit when that is smaller (cgroup v2/v1)."""
-  total = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
-  for limit_file in ('/sys/fs/cgroup/memory.max', '/sys/fs/cgroup/memory/memory.limit_in_bytes'):
-    try:
-      with open(limit_file) as f:
-        value = f.read().strip()
-    except OSError:
-      continue
-    if value.isdigit():
-      total = min(total, int(value))
-  return total
-
-
-def _without(example: dict, key: str) -> dict:
-  return {name: value for name, value in example.items() if name != key}
-
-
-def _to_rgb(image: tf.Tensor) -> tf.Tensor:
-  """Grayscale -> 3 equal channels, RGBA -> RGB (alpha dropped)."""
-  channels = tf.shape(image)[-1]
-  image = tf.cond(channels == 1, lambda: tf.tile(image[..., :1], [1, 1, 3]), lambda: image)
-  image = image[..., :3]
-  image.set_shape([None, None, 3])
-  return image
-
-
-def _decode_bytes(encoded: tf.Tensor, min_side: int = 0) -> tf.Tensor:
-  """uint8 [H, W, 3]; JPEGs whose shorter side is >= 2 * min_side (min_side > 0) are decoded at
-  1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling), the smallest keeping the side >= min_side."""
-
-  def whole() -> tf.Tensor:
-    return tf.io.decode_image(encoded, channels=3, expand_animations=False)
-
-  if min_side <= 0:
-    image = whole()
-  else:
-
-    def jpeg() -> tf.Tensor:
-      shape = tf.image.extract_jpeg_shape(encoded)
-      shorter = tf.minimum(shape[0], shape[1])
-      branch = tf.reduce_sum(tf.cast(shorter >= min_side * tf.constant([2, 4, 8]), tf.int32))
-      return tf.switch_case(branch, [
-        lambda ratio=ratio: tf.io.decode_jpeg(encoded, channels=3, ratio=ratio)
-        for ratio in (1, 2, 4, 8)])
-
-    image = tf.cond(tf.io.is_jpeg(encoded), jpeg, whole)
-  image.set_shape([None, None, 3])
-  return image
 
 
 # ----------------------------------------------------------------------------- the Source
@@ -208,164 +115,20 @@ class Source:
     """The same source with `fn` applied to every (decoded) example; order is unchanged."""
     return dataclasses.replace(self, maps=self.maps + (fn,))
 
-  # --------------------------------------------------------------------------- reading
-
-  def _select(self, dataset: tf.data.Dataset, whole_share: bool = True) -> tf.data.Dataset:
-    """Only the examples of `keep`; `whole_share`: the dataset is this host's whole share."""
-    if self.keep is None:
-      return dataset
-    keep_table = tf.constant(self.keep)
-    dataset = dataset.filter(lambda item: tf.gather(keep_table, item['index']))
-    if not whole_share:
-      return dataset
-    # Known cardinality lets shuffles and skips reason about the epoch without reading it.
-    return dataset.apply(tf.data.experimental.assert_cardinality(self.num_host_examples))
-
-  def _decoded(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
-    if self.decode and 'encoded' in dataset.element_spec:
-
-      def decode(example: dict) -> dict:
-        image = _to_rgb(_decode_bytes(example['encoded'], self.min_decoded_side))
-        return {**_without(example, 'encoded'), 'image': image}
-
-      dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-      if not self.fully_checked:
-        # Headers only were checked: a corrupt file fails here and is dropped (TF logs it)
-        # rather than stopping training. The counts are then upper bounds.
-        dataset = dataset.ignore_errors(log_warning=True)
-    for fn in self.maps:
-      dataset = dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return dataset
-
-  def _read_items(self, items: tf.data.Dataset) -> tf.data.Dataset:
-    if self.read is None:
-      return items
-    read = lambda item: {**_without(item, 'path'), **self.read(item)}  # Keeps 'epoch'.
-    return items.map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-
-  def _cache_kind(self, cache: bool) -> str:
-    """'decoded', 'encoded' or '' (nothing): what may be cached, logged once (module docstring)."""
-    if not cache:
-      return ''
-    if self.read is None and self.shards is None:  # Examples given in memory (as_source).
-      return 'decoded'
-    budget = CACHE_RAM_FRACTION * host_ram_bytes()
-    wants_decoded = self.decode
-    if wants_decoded and 0 < self.decoded_bytes <= budget:
-      kind, size = 'decoded', self.decoded_bytes
-    elif 0 < self.encoded_bytes <= budget:
-      kind, size = 'encoded', self.encoded_bytes
-    else:
-      kind, size = '', self.decoded_bytes if wants_decoded else self.encoded_bytes
-    amount = f'{size / 1e6:,.0f} MB' if size else 'size unknown'
-    what = f'the {kind} images of this host ({amount}' if kind else f'nothing ({amount}'
-    _log_once(('cache', self.name, kind), 'data.cache for %s: caching %s; limit %.0f%% of %.0f GB '
-              'RAM).', self.name, what, 100 * CACHE_RAM_FRACTION, host_ram_bytes() / 1e9)
-    return kind
-
   def ordered(self, cache: bool = False) -> tf.data.Dataset:
     """This host's examples in split order; `cache` caches what the cache rule allows."""
-    kind = self._cache_kind(cache)
-    if self.shards is not None:
-      pieces = tf.data.Dataset.range(len(self.shards.filenames))
-      dataset = self._parse(pieces.flat_map(self.shards.read))
-    else:
-      dataset = self._read_items(self._select(self.items()))
-    if kind == 'encoded':
-      dataset = dataset.cache()
-    dataset = self._decoded(dataset)
-    if kind == 'decoded':
-      dataset = dataset.cache()
-    return dataset
+    return reading.ordered(self, cache)
 
-  def _parse(self, records: tf.data.Dataset, whole_share: bool = True) -> tf.data.Dataset:
-    def parse(item: dict) -> dict:
-      return {**self.shards.parse(item['record']), 'index': item['index']}
+  def epochs(self, **options) -> tf.data.Dataset:
+    """The training stream from `start_example` on (`reading.epochs`: seed, shuffle_buffer,
+    cache, start_example, process_index, num_epochs)."""
+    return reading.epochs(self, **options)
 
-    parsed = records.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return self._select(parsed, whole_share)
+  def cache_kind(self, cache: bool) -> str:
+    """'decoded', 'encoded' or '': what `cache=True` caches for this source (`reading.py`)."""
+    return reading.cache_kind(self, cache)
 
-  # --------------------------------------------------------------------------- training order
-
-  def epochs(
-    self,
-    *,
-    seed: int,
-    shuffle_buffer: int,
-    cache: bool = False,
-    start_example: int = 0,
-    process_index: int = 0,
-    num_epochs: int | None = None,
-  ) -> tf.data.Dataset:
-    """The training stream: examples with an 'epoch' field, epochs from `start_example` on.
-
-    Epoch e is a permutation drawn from (seed, host, epoch); see the module docstring for how
-    each kind of source draws it and what a resume reads.
-    """
-    epoch_size = self.num_host_examples
-    if epoch_size == 0:
-      raise ValueError('The input has no examples on this host; check the dataset and split.')
-    first_epoch, skip = divmod(start_example, epoch_size)
-    stop = _MAX_EPOCHS if num_epochs is None else num_epochs
-    kind = self._cache_kind(cache)
-    if self.shards is not None and not kind:
-      return self._shard_epochs(seed, shuffle_buffer, first_epoch, skip, stop, process_index)
-    if kind:
-      items, after = self.ordered(cache=True), lambda dataset: dataset
-    else:  # Shuffle what is cheap to hold (paths, or in-memory examples), then read.
-      items = self._select(self.items())
-      after = lambda dataset: self._decoded(self._read_items(dataset))
-
-    def one_epoch(epoch: tf.Tensor) -> tf.data.Dataset:
-      shuffle_seed = _shuffle_seed(seed, process_index, epoch)
-      shuffled = items.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
-      return shuffled.map(lambda item: {**item, 'epoch': epoch})
-
-    return after(tf.data.Dataset.range(first_epoch, stop).flat_map(one_epoch).skip(skip))
-
-  def _shard_epochs(
-    self, seed: int, shuffle_buffer: int, first_epoch: int, skip: int, stop: int,
-    process_index: int,
-  ) -> tf.data.Dataset:
-    """Shard files in a random order per epoch, read in fully shuffled windows (docstring)."""
-    shards = self.shards
-    num_pieces = len(shards.filenames)
-    per_window = max(1, min(num_pieces, math.ceil(shuffle_buffer / max(shards.takes.max(), 1))))
-    window_capacity = int(per_window * shards.takes.max())
-    kept = shards.takes
-    if self.keep is not None:
-      cumulative = np.concatenate([[0], np.cumsum(self.keep)])
-      kept = cumulative[shards.starts + shards.takes] - cumulative[shards.starts]
-
-    def piece_order(epoch) -> tf.Tensor:
-      noise = tf.random.stateless_uniform([num_pieces], purpose_seed(
-        seed, SHUFFLE_PURPOSE, process_index, epoch, -1))
-      return tf.argsort(noise)
-
-    def read_window(epoch: tf.Tensor, window: tf.Tensor, pieces: tf.Tensor) -> tf.data.Dataset:
-      records = tf.data.Dataset.from_tensor_slices(pieces).interleave(
-        shards.read, cycle_length=per_window, block_length=1,
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-      examples = self._parse(records, whole_share=False)
-      shuffled = examples.shuffle(window_capacity, seed=_shuffle_seed(
-        seed, process_index, epoch, window), reshuffle_each_iteration=False)
-      return shuffled.map(lambda example: {**example, 'epoch': epoch})
-
-    def one_epoch(epoch: tf.Tensor, skip_windows=0) -> tf.data.Dataset:
-      windows = tf.data.Dataset.from_tensor_slices(piece_order(epoch)).batch(per_window)
-      windows = windows.enumerate().skip(skip_windows)
-      return windows.flat_map(lambda window, pieces: read_window(epoch, window, pieces))
-
-    # The resumed epoch: whole windows before `skip` are skipped without reading any of them.
-    order = piece_order(first_epoch).numpy()
-    window_sizes = [int(kept[order[i:i + per_window]].sum())
-                    for i in range(0, num_pieces, per_window)]
-    before = np.concatenate([[0], np.cumsum(window_sizes)])
-    window = int(np.searchsorted(before, skip, side='right') - 1)
-    first = one_epoch(tf.constant(first_epoch, tf.int64), window).skip(skip - int(before[window]))
-    rest = tf.data.Dataset.range(first_epoch + 1, stop).flat_map(one_epoch)
-    return self._decoded(first.concatenate(rest))
-
+  # --------------------------------------------------------------------------- reading
 
 def as_source(examples: 'tf.data.Dataset | Source') -> Source:
   """A Source over in-memory examples ({'image' or 'encoded', 'label', 'index'} in order)."""
@@ -444,7 +207,7 @@ def from_folder(
   paths, labels, class_names = listing.paths, listing.labels, listing.class_names
   if 0 < max_examples < len(paths):
     paths, labels = paths[:max_examples], labels[:max_examples]
-  _log_once((root, split), '%s/%s: %d images in %d classes.', root, split, len(paths),
+  reading.log_once((root, split), '%s/%s: %d images in %d classes.', root, split, len(paths),
             len(class_names))
   if listing.skipped:
     logging.warning('%s/%s: skipped %d unreadable image files (paths logged above).', root, split,
@@ -606,7 +369,7 @@ def load(
 
   decode=False: examples hold the stored bytes ('encoded'), e.g. to read labels without
   decoding. min_decoded_side > 0: JPEGs far larger than that are decoded at 1/2-1/8 scale
-  (`_decode_bytes`).
+  (`reading.decode_bytes`).
   """
   options = dict(process_index=process_index, process_count=process_count, decode=decode,
                  max_examples=max_examples, min_decoded_side=min_decoded_side)
