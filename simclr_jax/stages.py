@@ -236,7 +236,6 @@ def eval_fn(model: nn.Module) -> Callable[[Any, Any, dict[str, jax.Array]], dict
   return evaluate
 
 
-
 # ----------------------------------------------------------------------------- the registry
 
 
@@ -287,7 +286,6 @@ class Stage:
   # 'everything'; 'to_classifier': encoder, head layers under the classifier and the classifier;
   # 'after_block': as 'to_classifier' after finetune.fine_tune_after_block (official §6).
   trains: str = 'to_classifier'
-
   probe_head: bool = False  # The supervised head trains on stop_gradient(features).
   init: Restore | None = None  # Encoder + projection head restored from another stage.
   zero_classifier: str = ''  # Config field: zero the classifier after restoring.
