@@ -118,7 +118,7 @@ def start_jax() -> list:
   there is no TPU its start-up prints a dozen lines about the TPU VM it is not on before JAX
   falls back to CPU or GPU. Those lines are dropped; any other start-up output is kept.
   """
-  import jax
+  import jax  # Deferred: importing cli (flag parsing) must not start JAX.
 
   if has_tpu_chips() or os.environ.get('JAX_PLATFORMS'):
     return jax.devices()

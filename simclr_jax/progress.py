@@ -104,7 +104,7 @@ class _Writers:
 
 def create_writer(workdir: str, just_logging: bool, final_step: int = 0):
   if tensorflow_available():
-    from clu import metric_writers
+    from clu import metric_writers  # Deferred: clu's writers import TensorFlow.
 
     summary = None if just_logging else metric_writers.SummaryWriter(workdir)
     return _Writers(summary, metric_writers.LoggingWriter(), final_step)
@@ -114,7 +114,7 @@ def create_writer(workdir: str, just_logging: bool, final_step: int = 0):
 
 def create_progress(num_train_steps: int, writer: Any):
   if tensorflow_available():
-    from clu import periodic_actions
+    from clu import periodic_actions  # Deferred: imports TensorFlow.
 
     # steps/s and uptime to TensorBoard only: the progress line already says them in the log.
     writer = getattr(writer, 'summary', writer)

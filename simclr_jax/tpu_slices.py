@@ -9,7 +9,10 @@ import dataclasses
 import math
 import os
 import re
+import tempfile
 from typing import Any
+
+from simclr_jax import cli
 
 os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')  # Several plans may run at once.
 # No TPU here: libtpu need not look for its VM's metadata, and its init warnings say nothing.
@@ -113,11 +116,7 @@ def parse_accelerator_type(accelerator_type: str) -> Slice:
 
 def slice_devices(tpu_slice: Slice) -> list[Any]:
   """The JAX devices of a described (not present) TPU slice."""
-  import tempfile
-
-  from jax.experimental import topologies
-
-  from simclr_jax import cli
+  from jax.experimental import topologies  # Deferred: after this module set libtpu's environment.
 
   kwargs = {'chip_config_name': 'megacore'} if tpu_slice.chip.megacore else {}
   with tempfile.NamedTemporaryFile(suffix='.log') as log:

@@ -119,8 +119,9 @@ class Init:
   source: str = ''  # Where they came from, for results.json.
 
 
-class _Stage:
-  """A stage's parts plus its data and initial variables (and its config, adjusted to them)."""
+class _Prepared:
+  """A stage ready to train: its data, parts (model, trainable mask, loss), initial variables and
+  teacher, and its config adjusted to the data."""
 
   def __init__(self, config: ml_collections.ConfigDict, stage: stages.Stage, init: Init, mesh):
     self.stage = stage
@@ -153,23 +154,23 @@ def train_and_evaluate(
   mesh = sharding.make_mesh()
   workdir_lib.check_writable(workdir)
   workdir_lib.check_same_run(config, workdir, stage=stage)
-  spec = _Stage(config, stages.get(stage), init, mesh)
-  requested_config, config = config, spec.config  # The run is recorded as requested.
-  if spec.stage.knn and config.knn.enabled:
-    bank_size = min(spec.data.num_examples, config.knn.max_train_examples)
+  prepared = _Prepared(config, stages.get(stage), init, mesh)
+  requested_config, config = config, prepared.config  # The run is recorded as requested.
+  if prepared.stage.knn and config.knn.enabled:
+    bank_size = min(prepared.data.num_examples, config.knn.max_train_examples)
     if config.knn.k > bank_size:
       raise validation.ConfigError(
         f'knn.k={config.knn.k} is larger than the {bank_size} train examples of the memory bank; '
         f'use knn.k <= {bank_size}')
   eval_data = data_input.make_eval_data(config)
-  abstract_params = load.abstract_variables(spec.model, config.data.image_size)['params']
+  abstract_params = load.abstract_variables(prepared.model, config.data.image_size)['params']
   tx, schedule, total_steps = build_optimizer(
-    config, abstract_params, spec.data.num_examples, spec.trainable
+    config, abstract_params, prepared.data.num_examples, prepared.trainable
   )
   shard_state = config.train.shard_state
-  state = init_state(spec.model, tx, config.data.image_size, config.seed, mesh, spec.init_variables,
-                     shard_state=shard_state)
-  teacher = spec.teacher_variables
+  state = init_state(prepared.model, tx, config.data.image_size, config.seed, mesh,
+                     prepared.init_variables, shard_state=shard_state)
+  teacher = prepared.teacher_variables
   if teacher is not None:  # The frozen teacher: laid out like the parameters.
     teacher = jax.device_put(teacher, teacher_shardings(teacher, mesh, shard_state))
 
@@ -188,19 +189,19 @@ def train_and_evaluate(
   if start_step == 0:
     _write_parameter_table(state.params, workdir)
     writer.write_hparams(_flat_hparams(config))
-  steps_per_epoch = spec.data.num_examples / config.train.global_batch_size
+  steps_per_epoch = prepared.data.num_examples / config.train.global_batch_size
   logging.info(
     '%s: %d steps (%.1f epochs of %d examples, global batch %d) on %d devices from step %d.',
-    stage, total_steps, total_steps / steps_per_epoch, spec.data.num_examples,
+    stage, total_steps, total_steps / steps_per_epoch, prepared.data.num_examples,
     config.train.global_batch_size, jax.device_count(), start_step,
   )
 
   workdir_lib.write_config(requested_config, workdir)  # Only now: every input was found.
   train_step = make_train_step(
-    spec.loss_fn, tx, schedule, mesh, spec.trainable, spec.data.prepare,
+    prepared.loss_fn, tx, schedule, mesh, prepared.trainable, prepared.data.prepare,
     state_sharding=jax.tree.map(lambda x: x.sharding, state) if shard_state else None)
-  eval_step = evaluation.make_eval_step(spec.model, mesh, views.make_eval_view(config))
-  knn = _KnnMonitor(config, spec.model, mesh) if spec.stage.knn else None
+  eval_step = evaluation.make_eval_step(prepared.model, mesh, views.make_eval_view(config))
+  knn = _KnnMonitor(config, prepared.model, mesh) if prepared.stage.knn else None
   report_progress = progress.create_progress(total_steps, writer)
 
   def log(step: int, metrics: dict[str, float]) -> None:
@@ -209,13 +210,13 @@ def train_and_evaluate(
 
   history: list[dict] = []
   last_logged = start_step
-  batches = spec.data.batches(start_step=start_step) if start_step < total_steps else iter(())
+  batches = prepared.data.batches(start_step=start_step) if start_step < total_steps else iter(())
   watcher = workdir_lib.PreemptionWatcher()
   try:
     for step in range(start_step + 1, total_steps + 1):
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
         batch = sharding.global_batch_from_host(mesh, next(batches))
-        state, metrics = train_step(state, batch, teacher, spec.data.resident)
+        state, metrics = train_step(state, batch, teacher, prepared.data.resident)
       history.append(metrics)
       report_progress(step)
       if progress.itstime(step, config.train.log_every_steps, total_steps):
@@ -248,14 +249,14 @@ def train_and_evaluate(
 
   results: dict[str, Any] = {'stage': stage, 'steps': total_steps,
                              'epochs': total_steps / steps_per_epoch}
-  results['num_train_examples'] = spec.data.num_examples
-  results['num_skipped_images'] = len(spec.data.skipped_paths)
-  if spec.data.skipped_paths:
+  results['num_train_examples'] = prepared.data.num_examples
+  results['num_skipped_images'] = len(prepared.data.skipped_paths)
+  if prepared.data.skipped_paths:
     logging.warning('%s: %d unreadable images were skipped (listed in results.json).', stage,
-                    len(spec.data.skipped_paths))
-  results['skipped_images'] = list(spec.data.skipped_paths[:100])
-  if spec.stage.examples == 'labelled':
-    results['num_labelled_examples'] = spec.data.num_examples
+                    len(prepared.data.skipped_paths))
+  results['skipped_images'] = list(prepared.data.skipped_paths[:100])
+  if prepared.stage.examples == 'labelled':
+    results['num_labelled_examples'] = prepared.data.num_examples
   if config.train.eval_at_end:
     accuracy = evaluation.classification_accuracy(
       eval_step, state.params, state.batch_stats, eval_data, mesh)
