@@ -52,9 +52,8 @@ def _init_for(config: ml_collections.ConfigDict, stage: stages.Stage, workdir: s
 def _init_from(config, stage: stages.Stage, source: str) -> dict[str, Any]:
   """Encoder + projection head restored from `source`, merged into a fresh init of the stage's
   model (its classifier fresh, or zeroed where `stage.zero_classifier` says so)."""
+  params, batch_stats, _ = checkpoints.restore_variables(source)  # Variables only: no model.
   derived = stage.derive(config)
-  restored = load.load(source, derived).variables
-  params, batch_stats = restored['params'], restored['batch_stats']
   if derived.data.device_resident:
     data = derived.data
     num_classes = len(resident.load_split(

@@ -215,8 +215,8 @@ def check_labels(config: ml_collections.ConfigDict) -> None:
     return
   flat = not os.path.isdir(os.path.join(data.folder, data.train_split)) and not any(
     os.path.isdir(os.path.join(data.folder, name)) for name in os.listdir(data.folder))
-  needs_labels = [name for name in stage_list(config) if name in stages.REGISTRY
-                  and stages.get(name).uses_labels(stages.get(name).derive(config))]
+  needs_labels = [name for name in stage_list(config)
+                  if name in stages.REGISTRY and stages.get(name).uses_labels(config)]
   _require(not (flat and needs_labels),
            f'data.folder={data.folder!r} is a flat folder of unlabeled images, but '
            f'{", ".join(needs_labels)} needs labels; use --config.stages=pretrain, or put the '

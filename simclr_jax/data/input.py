@@ -86,10 +86,7 @@ def labelled_indices(config: ml_collections.ConfigDict) -> np.ndarray:
     config.data.dataset, config.data.train_split, folder=config.data.folder,
     data_dir=config.data.tfds_data_dir,
   )
-  return subsets.balanced_subset(
-    labels, seed=config.seed, fraction=config.finetune.label_fraction,
-    per_class=config.finetune.examples_per_class,
-  )
+  return subsets.finetune_subset(config, labels)
 
 
 def train_source(config: ml_collections.ConfigDict, stage) -> sources.Source:

@@ -38,15 +38,6 @@ def _options(threadpool_size: int) -> tf.data.Options:
   return options
 
 
-def _shuffled_epochs(source, *, seed: int, shuffle_buffer: int, cache: bool, start_example: int,
-                     process_index: int, num_epochs: int | None) -> tf.data.Dataset:
-  """The source's training order (`sources.Source.epochs`); a tf.data.Dataset of in-order
-  examples is treated as an in-memory source."""
-  return sources.as_source(source).epochs(
-    seed=seed, shuffle_buffer=shuffle_buffer, cache=cache, start_example=start_example,
-    process_index=process_index, num_epochs=num_epochs)
-
-
 def _finish(dataset: tf.data.Dataset, threadpool_size: int) -> tf.data.Dataset:
   return dataset.prefetch(tf.data.AUTOTUNE).with_options(_options(threadpool_size))
 
@@ -131,7 +122,9 @@ def make_train_dataset(
 ) -> tf.data.Dataset:
   """Infinite host batches of canvases (module docstring), every stage alike.
 
-  Batches do not respect epoch boundaries (drop_remainder only at the end of a finite run).  """
+  `source`: a sources.Source, or a tf.data.Dataset of in-order examples (an in-memory source).
+  Batches do not respect epoch boundaries (drop_remainder only at the end of a finite run).
+  """
 
   def place(example: dict) -> dict:
     canvas, size = to_canvas(example['image'], canvas_size)
@@ -143,8 +136,8 @@ def make_train_dataset(
       'epoch': tf.cast(example['epoch'], tf.int32),
     }
 
-  dataset = _shuffled_epochs(
-    source, seed=seed, shuffle_buffer=shuffle_buffer, cache=cache,
+  dataset = sources.as_source(source).epochs(
+    seed=seed, shuffle_buffer=shuffle_buffer, cache=cache,
     start_example=start_batch * host_batch_size, process_index=process_index,
     num_epochs=num_epochs,
   )

@@ -129,24 +129,17 @@ def _split(config: ml_collections.ConfigDict, split: str) -> HostSplit:
   return load_split(data.dataset, split, data.folder, data.tfds_data_dir)
 
 
-def labelled_positions(config: ml_collections.ConfigDict, labels: np.ndarray) -> np.ndarray:
-  return subsets.balanced_subset(
-    labels, seed=config.seed, fraction=config.finetune.label_fraction,
-    per_class=config.finetune.examples_per_class,
-  )
-
-
 def make_train_data(config: ml_collections.ConfigDict, stage: str, mesh):
   """(num_examples, class_names, host-batch iterator factory, replicated dataset) of a stage."""
   split = _split(config, config.data.train_split)
   labels = split.labels.astype(np.int32)
   pool = np.arange(len(labels))
   if stage.examples == 'labelled':  # Train on the labelled subset only.
-    pool = labelled_positions(config, labels)
+    pool = subsets.finetune_subset(config, labels)
   elif stage.labels == 'labelled':  # Labels only where the labelled subset has them.
     keep = np.zeros(len(labels), bool)
     if stage.uses_labels(config):
-      keep[labelled_positions(config, labels)] = True
+      keep[subsets.finetune_subset(config, labels)] = True
     labels = np.where(keep, labels, -1).astype(np.int32)
   global_batch = config.train.global_batch_size
   host_batch = global_batch // jax.process_count()

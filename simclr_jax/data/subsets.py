@@ -51,6 +51,12 @@ def balanced_subset(
   return np.sort(np.concatenate(chosen)) if chosen else np.zeros([0], np.int64)
 
 
+def finetune_subset(config, labels: np.ndarray) -> np.ndarray:
+  """The labelled subset `config.finetune` asks for, drawn from the labels of the train split."""
+  return balanced_subset(labels, seed=config.seed, fraction=config.finetune.label_fraction,
+                         per_class=config.finetune.examples_per_class)
+
+
 def hide_labels_outside(source, indices: np.ndarray):
   """All examples, with label -1 except those in `indices` (distillation's labelled part)."""
   keep = np.zeros([source.split_size], bool)
