@@ -11,6 +11,7 @@ files are the same on every machine. Readers open it by name with
 """
 
 import argparse
+import functools
 import io
 import os
 
@@ -34,6 +35,7 @@ def _jpeg(rng: np.random.Generator) -> bytes:
   return buffer.getvalue()
 
 
+@functools.cache  # tfds registers a builder class by name, once per process.
 def _builder_class():
   import tensorflow_datasets as tfds
 
@@ -70,13 +72,14 @@ def _builder_class():
   return FakeImagenet
 
 
-def write(data_dir: str, num_train: int = 320, num_validation: int = 64, shards: int = 16) -> str:
+def write(data_dir: str, num_train: int = 320, num_validation: int = 64, shards: int = 16,
+          file_format: str = 'tfrecord') -> str:
   """Writes the dataset (once: an existing copy is reused) and returns its directory."""
   import tensorflow_datasets as tfds
 
   cls = _builder_class()
   cls.num_train, cls.num_validation = num_train, num_validation
-  builder = cls(data_dir=data_dir)
+  builder = cls(data_dir=data_dir, file_format=file_format)
   if not os.path.exists(os.path.join(builder.data_dir, 'dataset_info.json')):
     builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(num_shards=shards),

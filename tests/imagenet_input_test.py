@@ -195,3 +195,15 @@ def test_cache_rule_caches_what_fits_and_logs_it(data_dir, monkeypatch):
                                      for x in stream.as_numpy_iterator()]
   assert set(kinds) == {'', 'encoded', 'decoded'}
   assert kinds[''] == kinds['encoded'] == kinds['decoded']
+
+
+def test_a_dataset_stored_as_array_record_is_refused_in_one_line(tmp_path):
+  """tfds's as_dataset cannot read ArrayRecord files (only as_data_source can): refuse before
+  any pipeline is built, naming the dataset and the rebuild command."""
+  from simclr_jax.errors import ConfigError
+  fake_imagenet.write(str(tmp_path), num_train=8, num_validation=2, shards=2,
+                      file_format='array_record')
+  with pytest.raises(ConfigError, match=r'data.dataset=.fake_imagenet. is stored as array_record '
+                     r'.*--file_format=tfrecord') as error:
+    sources.load(fake_imagenet.NAME, 'train', data_dir=str(tmp_path))
+  assert '\n' not in str(error.value)

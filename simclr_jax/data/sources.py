@@ -303,6 +303,11 @@ def from_tfds(
         f'tfds dataset {name!r} has no split {split!r} (has: {", ".join(sorted(splits))}); set '
         'data.train_split / data.eval_split to one of them.'
       ) from error
+  file_format = builder.info.file_format
+  if file_format not in (None, tfds.core.FileFormat.TFRECORD):  # tfds reads others without tf.data.
+    raise ConfigError(
+      f'data.dataset={name!r} is stored as {file_format.value} files, which tf.data cannot read; '
+      f'rebuild it as tfrecord (`tfds build {name} --file_format=tfrecord --data_dir=...`).')
   features = builder.info.features
   label_feature = features['label'] if 'label' in features else None
   class_names = tuple(getattr(label_feature, 'names', None) or ())
