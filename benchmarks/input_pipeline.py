@@ -7,8 +7,7 @@
 Sources, from the embedded CIFAR-10 demo photos:
   * 32 px: decoded uint8 images held in memory (as data.cache=True after the first epoch);
   * 224 px: the photos upscaled to --jpeg_side square and JPEG-encoded (an ImageNet-like load),
-    read by two host paths (--paths): 'decoded' decodes in the source (`sources.load(decode=True)`),
-    'crop_decode' passes the bytes (`decode=False`) and the pipeline decodes them.
+    held as bytes and decoded by the source as a folder or tfds source decodes them.
 Host ('canvas'): `pipeline.make_train_dataset`, decode and place on the canvas (--canvas, default
 the image size at 32 px and 512 at 224) - all the host does for training; images/s and per core.
 Device: `views.train_views` jitted on a canvas batch already on the device: 'crop_flip' (one view,
@@ -49,27 +48,29 @@ def _jpeg_bytes(images: np.ndarray, side: int, noise: float = 0.0) -> list[bytes
   return encoded
 
 
-def _host_source(images: np.ndarray, image_size: int, path: str, jpeg_side: int, noise: float):
+def _host_source(images: np.ndarray, image_size: int, jpeg_side: int, noise: float):
+  """The examples in memory as a `sources.Source`: uint8 images at 32 px; at 224 px JPEG bytes,
+  decoded by the source's reader as those of a folder or a tfds split are."""
   import tensorflow as tf
 
-  labels = np.zeros(len(images), np.int32)
-  index = np.arange(len(images), dtype=np.int64)
+  from simclr_jax.data import sources
+
+  count = len(images)
+  fields = {'label': np.zeros(count, np.int32), 'index': np.arange(count, dtype=np.int64)}
   if image_size <= 32:
-    return tf.data.Dataset.from_tensor_slices({'image': images, 'label': labels, 'index': index})
-  files = tf.data.Dataset.from_tensor_slices(
-    {'encoded': _jpeg_bytes(images, jpeg_side, noise), 'label': labels, 'index': index})
-  if path == 'crop_decode':  # As sources.load(decode=False).
-    return files
-  decode = lambda x: {'image': tf.io.decode_jpeg(x['encoded'], channels=3), 'label': x['label'],
-                      'index': x['index']}
-  return files.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+    fields['image'] = images
+  else:
+    fields['encoded'] = _jpeg_bytes(images, jpeg_side, noise)
+  examples = tf.data.Dataset.from_tensor_slices(fields)
+  return sources.Source(num_classes=1, class_names=('all',), host_indices=np.arange(count),
+                        split_size=count, items=lambda: examples)
 
 
 def host_images_per_s(images, image_size: int, canvas: int, batch: int, batches: int,
-                      path: str = 'decoded', jpeg_side: int = 256, noise: float = 0.0) -> float:
+                      jpeg_side: int = 256, noise: float = 0.0) -> float:
   from simclr_jax.data import pipeline
 
-  source = _host_source(images, image_size, path, jpeg_side, noise)
+  source = _host_source(images, image_size, jpeg_side, noise)
   dataset = pipeline.make_train_dataset(
     source, seed=0, host_batch_size=batch, shuffle_buffer=4 * batch, canvas_size=canvas,
     threadpool_size=os.cpu_count())
@@ -116,7 +117,6 @@ def main(argv: list[str] | None = None) -> dict:
   parser.add_argument('--batch', type=int, default=64)
   parser.add_argument('--batches', type=int, default=8, help='timed batches per measurement')
   parser.add_argument('--sizes', default='32,224')
-  parser.add_argument('--paths', default='decoded,crop_decode', help='224 px host paths')
   parser.add_argument('--jpeg_side', type=int, default=256, help='side of the 224 px JPEGs')
   parser.add_argument('--jpeg_noise', type=float, default=0.0, help='noise sd, grey levels')
   parser.add_argument('--canvas', type=int, default=0, help='canvas side (0: see docstring)')
@@ -130,12 +130,11 @@ def main(argv: list[str] | None = None) -> dict:
   for image_size in (int(s) for s in args.sizes.split(',')):
     canvas = args.canvas or (image_size if image_size <= 32 else 512)
     if not args.skip_host:
-      for path in (args.paths.split(',') if image_size > 32 else ['decoded']):
-        host = host_images_per_s(images, image_size, canvas, args.batch, args.batches, path,
-                                 args.jpeg_side, args.jpeg_noise)
-        rows.append({'image_size': image_size, 'mode': 'canvas', 'path': path, 'canvas': canvas,
-                     'host_images_per_s': host, 'host_images_per_s_per_core': host / cores})
-        print(rows[-1], flush=True)
+      host = host_images_per_s(images, image_size, canvas, args.batch, args.batches,
+                               args.jpeg_side, args.jpeg_noise)
+      rows.append({'image_size': image_size, 'mode': 'canvas', 'canvas': canvas,
+                   'host_images_per_s': host, 'host_images_per_s_per_core': host / cores})
+      print(rows[-1], flush=True)
     if not args.skip_device:
       for mode in ('crop_flip', 'full'):
         device, compile_s = device_images_per_s(images, image_size, canvas, mode, args.batch,

@@ -1,25 +1,34 @@
 """Tests for simclr_jax/data/pipeline.py: canvas batches, determinism, resume, eval padding."""
 
+import functools
 import itertools
+import os
+import tempfile
 
 import jax
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
 import official_augment
 from configs import demo as demo_lib
-from simclr_jax.data import pipeline, views
+from simclr_jax.data import pipeline, sources, views
 
 
-def _source(num_examples: int = 10, size: int = 20) -> tf.data.Dataset:
-  """Distinct random images; label = index so batches reveal which examples they hold."""
-  images = np.random.default_rng(0).integers(0, 256, (num_examples, size, size, 3), np.uint8)
-  return tf.data.Dataset.from_tensor_slices({
-    'image': images,
-    'label': np.arange(num_examples, dtype=np.int32),
-    'index': np.arange(num_examples, dtype=np.int64),
-  })
+def _images(num_examples: int = 10, size: int = 20) -> np.ndarray:
+  return np.random.default_rng(0).integers(0, 256, (num_examples, size, size, 3), np.uint8)
+
+
+@functools.cache
+def _source(num_examples: int = 10, size: int = 20) -> sources.Source:
+  """Distinct random PNGs, one class folder each: label = index, so batches reveal which
+  examples they hold."""
+  root = tempfile.mkdtemp(prefix='pipeline_test_')
+  for i, image in enumerate(_images(num_examples, size)):
+    os.makedirs(os.path.join(root, 'train', f'c{i:03d}'))
+    Image.fromarray(image).save(os.path.join(root, 'train', f'c{i:03d}', 'x.png'))
+  return sources.from_folder(root, 'train')
 
 
 def _train(source=None, **overrides) -> tf.data.Dataset:
@@ -42,7 +51,7 @@ def _assert_same_batches(first: list[dict], second: list[dict]) -> None:
 
 def test_train_batches_are_canvases_with_sizes_indices_and_epochs():
   batches = _take(_train(), 7)  # 28 examples from a 10-example source: it repeats.
-  images = {int(x['index']): x['image'] for x in _source().as_numpy_iterator()}
+  images = dict(enumerate(_images()))
   for batch in batches:
     assert set(batch) == {'image', 'size', 'label', 'index', 'epoch'}
     assert batch['image'].shape == (4, 24, 24, 3) and batch['image'].dtype == np.uint8
@@ -86,9 +95,8 @@ def test_cache_gives_the_same_stream():
 
 
 def test_eval_batches_are_canvases_in_order_padded_with_a_mask():
-  source = _source(10, size=40)
   batches = list(pipeline.iterate_numpy(
-    pipeline.make_eval_dataset(source, batch_size=4, canvas_size=48)
+    pipeline.make_eval_dataset(_source(10, size=40), batch_size=4, canvas_size=48)
   ))
   assert len(batches) == 3
   assert set(batches[0]) == {'image', 'size', 'label', 'index', 'mask'}
@@ -100,7 +108,7 @@ def test_eval_batches_are_canvases_in_order_padded_with_a_mask():
   np.testing.assert_array_equal(np.concatenate([b['label'] for b in batches])[:10], range(10))
   assert not batches[-1]['image'][2:].any() and not batches[-1]['size'][2:].any()
   # The eval view the device builds is the official one of the original image.
-  images = [x['image'] for x in source.as_numpy_iterator()]
+  images = _images(10, size=40)
   config = demo_lib.get_config()
   config.data.image_size = 36
   view = np.asarray(jax.jit(views.make_eval_view(config))(batches[2]))

@@ -39,24 +39,18 @@ class TrainData:
   num_examples: int  # In the (sub)set trained on, all hosts.
   num_classes: int
   class_names: tuple[str, ...]
-  make_iterator: Callable[[int], Batches]  # start_step -> infinite host batches from that step.
+  batches: Callable[[int], Batches]  # start_step -> infinite host batches from that step.
   # Device-resident mode: the replicated split the jitted step gathers canvases from (else None).
   resident: Any = None
   prepare: Callable | None = None  # In-step: host batch -> the stage's views (views.py).
   skipped_paths: tuple[str, ...] = ()  # Unreadable images left out (image folders).
-
-  def batches(self, start_step: int = 0) -> Batches:
-    return self.make_iterator(start_step)
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalData:
   num_examples: int
   num_classes: int
-  make_iterator: Callable[[], Batches]  # Finite, in order, padded; 'mask' marks real examples.
-
-  def batches(self) -> Batches:
-    return self.make_iterator()
+  batches: Callable[[], Batches]  # Finite, in order, padded; 'mask' marks real examples.
 
 
 def _hosts() -> dict[str, int]:

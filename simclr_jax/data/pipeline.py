@@ -38,12 +38,23 @@ def _options(threadpool_size: int) -> tf.data.Options:
   return options
 
 
+def _place(canvas_size: int, *extra: str):
+  """example -> {'image': canvas, 'size', 'label', 'index', *extra} (int32 fields)."""
+
+  def place(example: dict) -> dict:
+    canvas, size = to_canvas(example['image'], canvas_size)
+    fields = {key: tf.cast(example[key], tf.int32) for key in ('label', 'index', *extra)}
+    return {'image': canvas, 'size': size, **fields}
+
+  return place
+
+
 def _finish(dataset: tf.data.Dataset, threadpool_size: int) -> tf.data.Dataset:
   return dataset.prefetch(tf.data.AUTOTUNE).with_options(_options(threadpool_size))
 
 
 def make_eval_dataset(
-  source,
+  source: sources.Source,
   *,
   batch_size: int,
   canvas_size: int,
@@ -60,9 +71,7 @@ def make_eval_dataset(
   """
 
   def place(example: dict) -> dict:
-    canvas, size = to_canvas(example['image'], canvas_size)
-    return {'image': canvas, 'size': size, 'label': tf.cast(example['label'], tf.int32),
-            'index': tf.cast(example['index'], tf.int32), 'mask': tf.constant(1.0)}
+    return {**_place(canvas_size)(example), 'mask': tf.constant(1.0)}
 
   def pad(batch: dict) -> dict:
     missing = batch_size - tf.shape(batch['mask'])[0]
@@ -73,7 +82,7 @@ def make_eval_dataset(
       padded[key].set_shape([batch_size] + value.shape.as_list()[1:])
     return padded
 
-  dataset = sources.as_source(source).ordered(cache)
+  dataset = source.ordered(cache)
   dataset = dataset.map(place, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).map(pad)
   if num_batches is not None:
     have = int(dataset.cardinality())
@@ -108,7 +117,7 @@ def to_canvas(image: tf.Tensor, canvas_size: int) -> tuple[tf.Tensor, tf.Tensor]
 
 
 def make_train_dataset(
-  source,
+  source: sources.Source,
   *,
   seed: int,
   host_batch_size: int,
@@ -122,26 +131,14 @@ def make_train_dataset(
 ) -> tf.data.Dataset:
   """Infinite host batches of canvases (module docstring), every stage alike.
 
-  `source`: a sources.Source, or a tf.data.Dataset of in-order examples (an in-memory source).
   Batches do not respect epoch boundaries (drop_remainder only at the end of a finite run).
   """
-
-  def place(example: dict) -> dict:
-    canvas, size = to_canvas(example['image'], canvas_size)
-    return {
-      'image': canvas,
-      'size': size,
-      'label': tf.cast(example['label'], tf.int32),
-      'index': tf.cast(example['index'], tf.int32),
-      'epoch': tf.cast(example['epoch'], tf.int32),
-    }
-
-  dataset = sources.as_source(source).epochs(
+  dataset = source.epochs(
     seed=seed, shuffle_buffer=shuffle_buffer, cache=cache,
     start_example=start_batch * host_batch_size, process_index=process_index,
     num_epochs=num_epochs,
   )
-  dataset = dataset.map(place, num_parallel_calls=tf.data.AUTOTUNE)
+  dataset = dataset.map(_place(canvas_size, 'epoch'), num_parallel_calls=tf.data.AUTOTUNE)
   return _finish(dataset.batch(host_batch_size, drop_remainder=True), threadpool_size)
 
 

@@ -152,8 +152,6 @@ def cache_kind(source, cache: bool) -> str:
   """'decoded', 'encoded' or '' (nothing): what may be cached, logged once (module docstring)."""
   if not cache:
     return ''
-  if source.read is None and source.shards is None:  # Examples given in memory (as_source).
-    return 'decoded'
   budget = CACHE_RAM_FRACTION * host_ram_bytes()
   wants_decoded = source.decode
   if wants_decoded and 0 < source.decoded_bytes <= budget:
@@ -223,7 +221,7 @@ def epochs(
     return _shard_epochs(source, seed, shuffle_buffer, first_epoch, skip, stop, process_index)
   if kind:
     items, after = ordered(source, cache=True), lambda dataset: dataset
-  else:  # Shuffle what is cheap to hold (paths, or in-memory examples), then read.
+  else:  # Shuffle before reading and decoding: file paths, or encoded examples read through tfds.
     items = select(source, source.items())
     after = lambda dataset: decoded(source, read_items(source, dataset))
 

@@ -66,8 +66,8 @@ class Source:
   class_names: tuple[str, ...]
   host_indices: np.ndarray  # Indices (in the split) of this host's share, in split order.
   split_size: int  # Examples in the whole split.
-  # Items of the share in split order before reading: file paths of a folder, records of a tfds
-  # split read through tfds, or the examples themselves (`as_source`).
+  # Items of the share in split order before reading: file paths of a folder, or examples of a
+  # tfds split read through tfds (mock data, formats other than tfrecord shards on disk).
   items: Callable[[], tf.data.Dataset]
   read: Callable[[dict], dict] | None = None  # item -> {'encoded', 'label', 'index'}
   decode: bool = True  # 'encoded' -> 'image' after reading.
@@ -81,7 +81,6 @@ class Source:
   encoded_bytes: int = 0
   name: str = ''  # For log lines.
   # Image folders: files left out because they cannot be decoded (image_check.py).
-  num_skipped: int = 0
   skipped_paths: tuple[str, ...] = ()
   # False for folders checked by headers only: a corrupt file then fails when decoded and is
   # dropped (TF logs it).
@@ -91,6 +90,10 @@ class Source:
   def num_examples(self) -> int:
     """Examples in the (sub)set, all hosts together."""
     return self.split_size if self.keep is None else int(self.keep.sum())
+
+  @property
+  def num_skipped(self) -> int:
+    return len(self.skipped_paths)
 
   @property
   def num_host_examples(self) -> int:
@@ -128,19 +131,6 @@ class Source:
     """'decoded', 'encoded' or '': what `cache=True` caches for this source (`reading.py`)."""
     return reading.cache_kind(self, cache)
 
-  # --------------------------------------------------------------------------- reading
-
-def as_source(examples: 'tf.data.Dataset | Source') -> Source:
-  """A Source over in-memory examples ({'image' or 'encoded', 'label', 'index'} in order)."""
-  if isinstance(examples, Source):
-    return examples
-  size = int(examples.cardinality())
-  if size < 0:
-    size = sum(1 for _ in examples)
-  return Source(num_classes=0, class_names=(), host_indices=np.arange(size), split_size=size,
-                items=lambda: examples, decode=False)
-
-
 def _even_share(total: int, process_index: int, process_count: int) -> tuple[int, int]:
   """[start, end) of host `process_index` in `total` examples, as tfds.even_splits (first hosts
   take one more when the split does not divide)."""
@@ -153,7 +143,7 @@ def _even_share(total: int, process_index: int, process_count: int) -> tuple[int
 
 
 @dataclasses.dataclass(frozen=True)
-class _Listing:
+class Listing:
   paths: list[str]  # Readable images only, sorted: classes by name, then files by name.
   labels: list[int]
   class_names: tuple[str, ...]
@@ -161,15 +151,9 @@ class _Listing:
   fully_checked: bool  # Pixels decoded at listing (else headers only, see image_check.py).
 
 
-def _list_folder(root: str, split: str) -> tuple[list[str], list[int], tuple[str, ...]]:
-  """Sorted (paths, labels, class_names) of the readable images of a split."""
-  listing = _listing(root, split)
-  return listing.paths, listing.labels, listing.class_names
-
-
-def _listing(
+def list_readable(
   root: str, split: str, full_check_max_bytes: int = image_check.FULL_CHECK_MAX_BYTES
-) -> _Listing:
+) -> Listing:
   """The images of root/<split>/<class>/* or of a flat folder, unreadable ones set aside."""
   paths, labels, class_names = folders.list_image_folder(root, split)
   skipped, fully_checked = image_check.find_unreadable(
@@ -183,7 +167,7 @@ def _listing(
   if skipped:
     labels = [label for path, label in zip(paths, labels) if path not in skipped]
     paths = [path for path in paths if path not in skipped]
-  return _Listing(paths, labels, tuple(class_names), skipped, fully_checked)
+  return Listing(paths, labels, tuple(class_names), skipped, fully_checked)
 
 
 def from_folder(
@@ -203,7 +187,7 @@ def from_folder(
   decoded are left out (indices count readable images only) and reported in `skipped_paths`.
   max_examples > 0 keeps the first max_examples images of the split.
   """
-  listing = _listing(root, split, full_check_max_bytes)
+  listing = list_readable(root, split, full_check_max_bytes)
   paths, labels, class_names = listing.paths, listing.labels, listing.class_names
   if 0 < max_examples < len(paths):
     paths, labels = paths[:max_examples], labels[:max_examples]
@@ -233,7 +217,6 @@ def from_folder(
     decoded_bytes=image_check.decoded_bytes(host_paths, min_decoded_side if decode else 0),
     encoded_bytes=sum(os.path.getsize(path) for path in host_paths),
     name=f'{root}/{split}',
-    num_skipped=len(listing.skipped),
     skipped_paths=tuple(sorted(listing.skipped)),
     fully_checked=listing.fully_checked,
   )

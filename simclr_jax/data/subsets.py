@@ -24,7 +24,7 @@ def split_labels(dataset: str, split: str, *, folder: str = '', data_dir: str | 
   """Labels of every example of a split, in source order (index i = example i)."""
   root = folders.local_root(dataset, folder)
   if root is not None:
-    _, labels, _ = sources._list_folder(root, split)  # File listing only: no decoding.
+    labels = sources.list_readable(root, split).labels  # File listing only: no decoding.
     return np.asarray(labels, np.int64)
   # The source's own split order (shard files in order), so that label i is example index i.
   source = sources.load(dataset, split, data_dir=data_dir, decode=False)
