@@ -33,7 +33,9 @@ def _has_images(folder: str) -> bool:
 def known_tfds_names() -> set[str]:
   import tensorflow_datasets as tfds  # Imported here: only tfds datasets need it.
 
-  return set(tfds.list_builders())
+  # The builders installed with tfds; community datasets would be listed from GCS (a network
+  # call, and credential warnings on an offline machine).
+  return set(tfds.list_builders(with_community_datasets=False))
 
 
 def validate_data(data: ml_collections.ConfigDict, model: ml_collections.ConfigDict) -> None:
