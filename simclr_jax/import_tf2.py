@@ -298,8 +298,6 @@ def convert_variables(
 ) -> tuple[Any, Any, dict[str, Any]]:
   """(params, batch_stats, info) for `load.build(config, num_classes)` from official
   variables; raises ValueError listing every variable that does not fit."""
-
-
   arch = infer_architecture(variables)
   diffs = _config_differences(arch, config)
   try:
