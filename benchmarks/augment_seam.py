@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> dict:
   splits = {
     'colour': (functools.partial(_colour, strength=args.strength),
                jax.ShapeDtypeStruct((2, n * b, s, s, 3), jnp.uint8,
-                                    sharding=NamedSharding(mesh, P(None, 'data'))), P(None, 'data')),
+                                    sharding=NamedSharding(mesh, P(None, 'data'))),
+               P(None, 'data')),
     'all': (functools.partial(_all, size=s, strength=args.strength),
             jax.ShapeDtypeStruct((n * b, args.raw_size, args.raw_size, 3), jnp.uint8,
                                  sharding=NamedSharding(mesh, P('data'))), P('data')),

@@ -2,9 +2,9 @@
 
     python benchmarks/input_memory.py [FOLDER]     # default: the embedded demo set
 
-Runs `data.input.make_train_data` (pretrain) with configs/demo.py's data settings (32 px, cache allowed)
-and a host batch of 16 for three epochs, then prints the process's peak RSS (ru_maxrss). Photos:
-e.g. 20 or 200 4000x3000 JPEGs (12 MP) in a flat folder.
+Runs `data.input.make_train_data` (pretrain) with configs/demo.py's data settings (32 px, cache
+allowed) and a host batch of 16 for three epochs, then prints the process's peak RSS
+(ru_maxrss). Photos: e.g. 20 or 200 4000x3000 JPEGs (12 MP) in a flat folder.
 """
 
 import resource

@@ -31,7 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
   data.color_jitter_strength = 0.5  # s of the official data_util.py; 1.0 ImageNet, 0.5 CIFAR.
   data.use_blur = False  # Gaussian blur on both views (True for ImageNet, False for CIFAR).
   data.eval_crop_proportion = 0.875  # Centre crop kept at eval (ignored when image_size <= 32).
-  data.shuffle_buffer_multiplier = 10  # Shuffle buffer = this x host batch (official: 10; CIFAR 50).
+  data.shuffle_buffer_multiplier = 10  # Shuffle buffer = this x host batch (official 10, CIFAR 50).
   data.cache = True  # Allow caching: decoded images if they fit in 1/4 of RAM, else encoded bytes.
   # The host decodes onto a canvas; every augmentation runs on the device (data/views.py).
   data.canvas_size = 0  # Host canvas side; larger images shrink to fit. 0 = data.image_size.
@@ -44,7 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
   model.depth = 50  # ResNet depth: 18, 34, 50, 101, 152 or 200.
   model.width_multiplier = 1.0  # Channel multiplier w: 64w..512w filters per group.
   model.sk_ratio = 0.0  # Selective-kernel ratio; 0.0625 in SimCLRv2, 0 disables SK.
-  model.blocks_per_stage = config_dict.placeholder(tuple)  # Explicit blocks per group (overrides depth).
+  model.blocks_per_stage = config_dict.placeholder(tuple)  # Blocks per group (overrides depth).
   model.cifar_stem = config_dict.placeholder(bool)  # 3x3 stride-1 stem; None = image_size <= 32.
   model.num_proj_layers = 3  # Projection-head depth (SimCLRv2: 3, SimCLRv1: 2).
   model.proj_out_dim = 128  # Output width of the projection head.

@@ -188,9 +188,11 @@ def restore_variables(workdir: str) -> tuple[Any, Any, dict[str, Any]]:
   manager = _read_only_manager(workdir)
   step = manager.latest_step()
   if step is None:
-    raise FileNotFoundError(f'{directory} holds no finished checkpoint; rerun the stage that writes it')
+    raise FileNotFoundError(
+      f'{directory} holds no finished checkpoint; rerun the stage that writes it')
   # Restore as host NumPy arrays, whatever topology saved them (an imported or pod checkpoint).
-  tree = ocp.PyTreeCheckpointer().metadata(os.path.join(directory, str(step), 'state')).item_metadata
+  state_dir = os.path.join(directory, str(step), 'state')
+  tree = ocp.PyTreeCheckpointer().metadata(state_dir).item_metadata
   tree = getattr(tree, 'tree', tree)
   restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
   restored = manager.restore(
@@ -243,9 +245,11 @@ def merge_restored(
       problems.append(
         f'{key} shape {tuple(restored_flat[key].shape)} != expected {tuple(fresh_flat[key].shape)}'
       )
-  problems += [f'{k} unexpected' for k in sorted(restored_flat) if wanted(k) and k not in fresh_flat]
+  problems += [f'{k} unexpected' for k in sorted(restored_flat)
+               if wanted(k) and k not in fresh_flat]
   if problems:
-    shown = '; '.join(problems[:20]) + (f'; ... ({len(problems)} in all)' if len(problems) > 20 else '')
+    more = f'; ... ({len(problems)} in all)' if len(problems) > 20 else ''
+    shown = '; '.join(problems[:20]) + more
     raise ValueError(
       f'{what} of {source} do not fit the configured model ({len(problems)} mismatches: {shown}); '
       'make the config (model.depth, width_multiplier, sk_ratio, num_proj_layers, ...) match the '

@@ -2,8 +2,9 @@
 
 `run(define_flags, main)` declares a command's flags and parses them with `parse_flags`, which
 turns a missing config file, an override of a field that does not exist or a value of the wrong
-type into `error: ...` (exit 1) instead of a traceback. The repository root of the config file goes on `sys.path` first, so
-`configs/r152_3x.py` (which imports `configs.default`) loads from any directory.
+type into `error: ...` (exit 1) instead of a traceback. The repository root of the config file
+goes on `sys.path` first, so `configs/r152_3x.py` (which imports `configs.default`) loads from
+any directory.
 """
 
 import contextlib

@@ -11,7 +11,8 @@ import pathlib
 import re
 
 DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parent.parent / 'configs' / 'default.py'
-_FIELD = re.compile(r'^\s+(?P<target>[a-z_]+(?:\.[a-z_]+)+)\s*=\s*(?P<value>.*?)\s+#\s*(?P<doc>.*)$')
+_FIELD = re.compile(
+  r'^\s+(?P<target>[a-z_]+(?:\.[a-z_]+)+)\s*=\s*(?P<value>.*?)\s+#\s*(?P<doc>.*)$')
 _SECTION = re.compile(r'^\s+# ---- (?P<title>.+?) -+$')
 _ALIASES = {'data': 'data', 'model': 'model', 'optim': 'optim', 'train': 'train', 'knn': 'knn',
             'finetune': 'finetune', 'supervised': 'supervised', 'distill': 'distill',

@@ -130,7 +130,8 @@ def knn_accuracy(
   feature_step, params, batch_stats, train_data, test_data, mesh, *, num_classes, k, temperature
 ) -> float:
   """kNN top-1 of encoder features: train split as memory bank, eval split as queries."""
-  train_features, train_labels = extract_features(feature_step, params, batch_stats, train_data, mesh)
+  train_features, train_labels = extract_features(
+    feature_step, params, batch_stats, train_data, mesh)
   test_features, test_labels = extract_features(feature_step, params, batch_stats, test_data, mesh)
   labelled = train_labels >= 0
   predictions = knn_predict(

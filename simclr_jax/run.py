@@ -116,7 +116,8 @@ def run_stages(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dic
 
 def results_table(all_results: dict[str, dict[str, Any]]) -> str:
   """A short plain-text table: one row per stage."""
-  header = f'{"stage":<11} {"top-1":>7} {"top-5":>7} {"kNN":>7} {"steps":>7} {"labels":>7} {"time":>8}'
+  header = (f'{"stage":<11} {"top-1":>7} {"top-5":>7} {"kNN":>7} {"steps":>7} {"labels":>7} '
+            f'{"time":>8}')
   rows = [header, '-' * len(header)]
   for stage, results in all_results.items():
     def pct(key):

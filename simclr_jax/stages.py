@@ -174,7 +174,8 @@ def finetune_loss_fn(
       mutable=['batch_stats'],
     )
     metrics = _probe_metrics(out['logits_sup'], batch['label'])
-    metrics = {'supervised_loss': metrics['probe_loss'], 'train_accuracy': metrics['probe_accuracy']}
+    metrics = {'supervised_loss': metrics['probe_loss'],
+               'train_accuracy': metrics['probe_accuracy']}
     loss = metrics['supervised_loss'] + _weight_decay_term(params, weight_decay, optimizer)
     metrics['total_loss'] = loss
     return loss, (_finish_batch_stats(updates, global_bn), metrics)

@@ -200,8 +200,8 @@ def render_stage_plots(
           title=f'{stage}: t-SNE of encoder features, {len(points)} {config.data.eval_split} '
                 'images'))
   if 'curves' in which:
-    path = plots.training_curves(workdir_lib.read_metrics(stage_workdir), os.path.join(out, 'curves.png'),
-                                 title=f'{stage}: {stage_workdir}')
+    path = plots.training_curves(workdir_lib.read_metrics(stage_workdir),
+                                 os.path.join(out, 'curves.png'), title=f'{stage}: {stage_workdir}')
     if path is None:
       logging.info('%s: no metrics in %s; curves skipped.', stage_workdir, workdir_lib.METRICS_FILE)
     else:
@@ -233,8 +233,9 @@ def render_run_plots(
   stage_workdirs = workdir_lib.find_stage_workdirs(workdir)
   if not stage_workdirs:
     raise FileNotFoundError(
-      f'--workdir={workdir} holds no stage (no checkpoints/, {workdir_lib.METRICS_FILE} or {workdir_lib.RESULTS_FILE} in '
-      'it or its subfolders); pass the --workdir given to simclr_jax.main'
+      f'--workdir={workdir} holds no stage (no checkpoints/, {workdir_lib.METRICS_FILE} or '
+      f'{workdir_lib.RESULTS_FILE} in it or its subfolders); pass the --workdir given to '
+      'simclr_jax.main'
     )
   written = []
   for directory in stage_workdirs.values():

@@ -19,6 +19,15 @@ def test_import_layers_and_no_cycles():
   assert re.search(r'Contracts: 3 kept, 0 broken', result.stdout), result.stdout[-2000:]
 
 
+def test_ruff_finds_no_unused_or_undefined_names_and_no_long_lines():
+  """`ruff check` with the rules of pyproject.toml ([tool.ruff.lint]) over the whole repository."""
+  ruff = shutil.which('ruff')
+  assert ruff, "ruff is missing; install the test extras: pip install -e '.[test]'"
+  result = subprocess.run([ruff, 'check', '--no-cache', '--output-format=concise', '.'], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+
+
 def test_only_the_stage_registry_compares_stage_names():
   pattern = re.compile(r'stage(\.name)?\s*(==|!=|in\s*\(|not\s+in\s*\()')
   offenders = []

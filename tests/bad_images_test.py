@@ -187,7 +187,7 @@ def test_images_over_the_pixel_cap_are_skipped_with_the_reason(tmp_path, monkeyp
   monkeypatch.setattr(image_check, 'MAX_PIXELS', 300 * 200 - 1)
   source = sources.from_folder(str(tmp_path), 'train')
   assert source.num_examples == 1 and source.skipped_paths == (str(tmp_path / 'huge.png'),)
-  verdict = image_check._verdicts[next(k for k in image_check._verdicts if k[0].endswith('huge.png'))]
+  verdict = next(v for k, v in image_check._verdicts.items() if k[0].endswith('huge.png'))
   assert verdict.startswith('300x200 = 0 MP is over the 0 MP cap (image_check.MAX_PIXELS)')
 
 
@@ -196,5 +196,5 @@ def test_one_pixel_images_are_skipped_with_the_reason(tmp_path):
   Image.new('RGB', (1, 1)).save(tmp_path / 'dot.png')
   source = sources.from_folder(str(tmp_path), 'train')
   assert source.num_examples == 1 and source.skipped_paths == (str(tmp_path / 'dot.png'),)
-  verdict = image_check._verdicts[next(k for k in image_check._verdicts if k[0].endswith('dot.png'))]
+  verdict = next(v for k, v in image_check._verdicts.items() if k[0].endswith('dot.png'))
   assert verdict == '1x1 is under the 4 px minimum side (image_check.MIN_SIDE)'

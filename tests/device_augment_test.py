@@ -1,4 +1,4 @@
-"""Tests for simclr_jax/data/device_augment.py against the official TF ops (tests/official_augment.py).
+"""Tests for simclr_jax/data/device_augment.py against the official TF ops (official_augment.py).
 
 Ops are compared pixel-wise with TF; random choices are compared in distribution with the TF
 pipeline over ~2000 draws each (two-sample KS for continuous draws, binomial tolerance for
@@ -217,7 +217,8 @@ def test_blur_frequency_and_sigma_range():
   image = _image(20, 20)
   sigmas = _jax_over_keys(da.blur_sigma)
   assert 0.1 <= sigmas.min() < 0.11 and 1.99 < sigmas.max() <= 2.0
-  tf_sigmas = _tf_over_seeds(lambda s: tf.random.stateless_uniform([], s, *augment.BLUR_SIGMA_RANGE))
+  tf_sigmas = _tf_over_seeds(
+    lambda s: tf.random.stateless_uniform([], s, *augment.BLUR_SIGMA_RANGE))
   assert _ks_statistic(tf_sigmas, sigmas) < KS_CRITICAL
   blurred = _jax_over_keys(lambda k: jnp.any(jnp.abs(da.random_blur(k, jnp.asarray(image)) - image)
                                              > 1e-6))

@@ -37,7 +37,8 @@ def _load(data_dir, **kwargs):
 def test_split_order_is_the_shard_files_record_order(data_dir):
   files = fake_imagenet.shard_files(data_dir)
   assert len(files) == SHARDS
-  spec = {'label': tf.io.FixedLenFeature([], tf.int64), 'image': tf.io.FixedLenFeature([], tf.string)}
+  spec = {'label': tf.io.FixedLenFeature([], tf.int64),
+          'image': tf.io.FixedLenFeature([], tf.string)}
   expected = [tf.io.parse_single_example(record, spec) for record in tf.data.TFRecordDataset(files)]
   source = _load(data_dir)
   assert source.shards is not None and source.num_examples == NUM_TRAIN

@@ -180,7 +180,8 @@ def test_verbose_brings_the_traceback_back(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS='cpu', SIMCLR_VERBOSE='1')
   loud = subprocess.run(
     [sys.executable, '-m', 'simclr_jax.main', '--config=configs/demo.py', f'--workdir={tmp_path}',
-     '--config.train.nosuchfield=1'], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+     '--config.train.nosuchfield=1'],
+    cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert loud.returncode != 0 and 'Traceback' in loud.stderr and 'nosuchfield' in loud.stderr
 
 

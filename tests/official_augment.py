@@ -24,7 +24,8 @@ def _resize_bicubic(image: tf.Tensor, image_size: int) -> tf.Tensor:
 
 
 def center_crop(image: tf.Tensor, crop_proportion: float) -> tf.Tensor:
-  """Official `center_crop` to a square: side rint(p * shorter side), offsets ((H - side) + 1) // 2."""
+  """Official `center_crop` to a square: side rint(p * shorter side), offsets
+  ((H - side) + 1) // 2."""
   height, width = tf.shape(image)[0], tf.shape(image)[1]
   side = tf.cast(tf.math.rint(crop_proportion * tf.cast(tf.minimum(height, width), tf.float32)),
                  tf.int32)

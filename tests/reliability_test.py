@@ -161,7 +161,8 @@ def _poison_from_step(monkeypatch, first_bad_step):
   monkeypatch.setattr(data_input, 'make_train_data', poisoned)
 
 
-def test_nan_stops_within_the_log_window_and_keeps_the_last_finite_checkpoint(tmp_path, monkeypatch):
+def test_nan_stops_within_the_log_window_and_keeps_the_last_finite_checkpoint(
+    tmp_path, monkeypatch):
   _poison_from_step(monkeypatch, first_bad_step=5)
   with pytest.raises(FloatingPointError, match='between steps 4 and 6'):
     train.train_and_evaluate(_tiny_config(), str(tmp_path))

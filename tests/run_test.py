@@ -75,7 +75,8 @@ def test_chain_restores_each_stage_and_linear_eval_freezes_the_encoder(tmp_path)
   # A rerun finds every stage complete and trains nothing.
   mtimes = {s: os.path.getmtime(os.path.join(workdir, s, 'results.json')) for s in config.stages}
   again = run.run_stages(config, workdir)
-  assert {s: os.path.getmtime(os.path.join(workdir, s, 'results.json')) for s in config.stages} == mtimes
+  results = {s: os.path.join(workdir, s, 'results.json') for s in config.stages}
+  assert {s: os.path.getmtime(path) for s, path in results.items()} == mtimes
   assert again['finetune']['eval_top1'] == all_results['finetune']['eval_top1']
   table = run.results_table(again)
   assert all(stage in table for stage in config.stages)
@@ -132,5 +133,6 @@ def test_stage_config_takes_each_stage_section():
   assert finetune.model.ft_proj_selector == 1
   config.distill.student.depth = 34
   distill = run.stage_config(config, 'distill')
-  assert distill.model.depth == 34 and distill.model.width_multiplier == config.model.width_multiplier
+  assert distill.model.depth == 34
+  assert distill.model.width_multiplier == config.model.width_multiplier
   assert json.loads(config.to_json_best_effort())['model']['depth'] == 18

@@ -180,4 +180,5 @@ def test_metrics_jsonl_is_appended_line_by_line_on_a_local_disk(tmp_path, monkey
   for step in (1, 2):
     workdir_lib.append_metrics(str(tmp_path), {'step': step, 'loss': 0.5 * step})
   lines = (tmp_path / workdir_lib.METRICS_FILE).read_text().splitlines()
-  assert [json.loads(line) for line in lines] == [{'step': 1, 'loss': 0.5}, {'step': 2, 'loss': 1.0}]
+  expected = [{'step': 1, 'loss': 0.5}, {'step': 2, 'loss': 1.0}]
+  assert [json.loads(line) for line in lines] == expected

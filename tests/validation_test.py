@@ -44,7 +44,8 @@ BAD_VALUES = [
 ]
 
 
-@pytest.mark.parametrize('field,value,named', BAD_VALUES, ids=[f'{f}={v}' for f, v, _ in BAD_VALUES])
+@pytest.mark.parametrize('field,value,named', BAD_VALUES,
+                         ids=[f'{f}={v}' for f, v, _ in BAD_VALUES])
 def test_bad_value_names_the_field(field, value, named):
   config = _set(_demo(), field, value)
   with pytest.raises(validation.ConfigError) as excinfo:

@@ -54,5 +54,6 @@ def test_resident_canvases_give_the_views_the_host_canvases_give():
   dataset = {'images': np.zeros((200, 24, 24, 3), np.uint8), 'sizes': np.zeros((200, 2), np.int32)}
   dataset['images'][100:108], dataset['sizes'][100:108] = batch['image'], batch['size']
   resident = {k: batch[k] for k in ('label', 'index', 'epoch')}
-  np.testing.assert_array_equal(_prepare_on(jax.devices()[:2], 'finetune', resident, dataset)['image'],
-                                _prepare_on(jax.devices()[:2], 'finetune', batch)['image'])
+  two = jax.devices()[:2]
+  np.testing.assert_array_equal(_prepare_on(two, 'finetune', resident, dataset)['image'],
+                                _prepare_on(two, 'finetune', batch)['image'])

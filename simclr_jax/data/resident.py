@@ -82,7 +82,9 @@ def load_tfds(name: str, split: str, data_dir: str | None = None) -> HostSplit:
   return HostSplit(np.asarray(data['image'], np.uint8), np.asarray(labels, np.int32), tuple(names))
 
 
-def load_split(dataset: str, split: str, folder: str = '', data_dir: str | None = None) -> HostSplit:
+def load_split(
+  dataset: str, split: str, folder: str = '', data_dir: str | None = None
+) -> HostSplit:
   """As `sources.load` for a whole split: 'demo', 'folder' (Pillow) or a tfds name."""
   root = folders.local_root(dataset, folder)
   return load_folder(root, split) if root is not None else load_tfds(dataset, split, data_dir)
@@ -94,7 +96,9 @@ def put_on_mesh(mesh: Mesh, split: HostSplit) -> dict[str, jax.Array]:
   return jax.device_put({'images': canvases, 'sizes': sizes}, NamedSharding(mesh, P()))
 
 
-def epoch_permutation(seed: int | jax.Array, epoch: int | jax.Array, num_examples: int) -> jax.Array:
+def epoch_permutation(
+  seed: int | jax.Array, epoch: int | jax.Array, num_examples: int
+) -> jax.Array:
   """int32 [num_examples]: the order of epoch `epoch`, from (seed, 'shuffle', epoch). Jittable."""
   key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _SHUFFLE), epoch)
   return jax.random.permutation(key, num_examples).astype(jnp.int32)
