@@ -62,9 +62,11 @@ def _wait_for_step(process, stage_dir, step, timeout=240):
 def _raw_state(stage_dir):
   manager = checkpoints._read_only_manager(stage_dir)
   step = manager.latest_step()
-  restored = ocp.PyTreeCheckpointer().restore(
-    os.path.join(checkpoints.checkpoint_dir(stage_dir), str(step), 'state'))
-  return step, restored
+  path = os.path.join(checkpoints.checkpoint_dir(stage_dir), str(step), 'state')
+  tree = ocp.PyTreeCheckpointer().metadata(path).item_metadata
+  tree = getattr(tree, 'tree', tree)
+  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+  return step, ocp.PyTreeCheckpointer().restore(path, restore_args=as_numpy)
 
 
 @pytest.mark.slow
