@@ -128,12 +128,10 @@ def _out_of_memory(error: Exception) -> tuple[float, float] | None:
 
 def compile_stage(config, stage: str, tpu_slice: Slice, devices: list) -> dict[str, Any]:
   """Compiles `stage`'s train and eval steps for the slice; returns one plan row."""
-
-
   spec = stages.get(stage)
   derived = spec.derive(config)
   hosts = len({d.process_index for d in devices})
-  validation.validate_config(derived, len(devices), hosts)
+  validation.validate_stage(config, stage, len(devices), hosts)
   num_classes, num_examples = dataset_facts(derived, stage)
   mesh = sharding.make_mesh(devices)
   size = derived.data.image_size

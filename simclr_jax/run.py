@@ -92,7 +92,7 @@ def run_stages(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dic
   names = validation.stage_list(config)
   validation.check_labels(config)
   for stage in names:
-    validation.validate_config(stage_config(config, stage), jax.device_count(), jax.process_count())
+    validation.validate_stage(config, stage, jax.device_count(), jax.process_count())
   all_results = {}
   for stage in names:
     directory = stage_workdir(workdir, stage)

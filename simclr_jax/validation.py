@@ -4,6 +4,7 @@ Each problem is one line that names the field, the bad value and the fix, raised
 """
 
 import os
+import re
 
 import ml_collections
 
@@ -283,3 +284,31 @@ def validate_config(
   validate_optim(config.optim)
   validate_train(config.train, num_devices, num_processes)
   validate_stages(config)
+
+
+def validate_stage(
+  config: ml_collections.ConfigDict, name: str, num_devices: int = 1, num_processes: int = 1
+) -> None:
+  """`validate_config` of the config stage `name` trains with (`stages.Stage.derive`).
+
+  A field the stage's own section sets is named there: `finetune.train.global_batch_size=50`,
+  not the derived `train.global_batch_size=50` that the user never wrote.
+  """
+  stage = stages.get(name)
+  try:
+    validate_config(stage.derive(config), num_devices, num_processes)
+  except ConfigError as error:
+    message = str(error)
+    for target, source in stage.overrides:
+      match = re.match(rf'{re.escape(target)}((?:\.\w+)*)=', message)
+      if not match:
+        continue
+      try:
+        set_here = stages.lookup(config, source + match.group(1)) is not None
+      except (KeyError, AttributeError):
+        set_here = False
+      if set_here:  # Every mention of the derived field, not inside a longer dotted name.
+        field = target + match.group(1)
+        message = re.sub(rf'(?<![\w.]){re.escape(field)}\b', source + match.group(1), message)
+        raise ConfigError(f'{message} (stage {name})') from error
+    raise ConfigError(f'{message} (stage {name})') from error

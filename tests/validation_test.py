@@ -137,3 +137,28 @@ def test_missing_init_checkpoint_is_rejected(tmp_path):
   config.distill.teacher_workdir = str(tmp_path)
   with pytest.raises(validation.ConfigError, match='distill.teacher_workdir'):
     validation.validate_config(config, num_devices=8)
+
+
+@pytest.mark.parametrize('stage_value,base_value,named', [
+  (36, 128, 'finetune.train.global_batch_size=36'),  # Set in the stage's own section.
+  (None, 100, 'train.global_batch_size=100'),  # Inherited from the base section.
+])
+def test_a_stage_error_names_the_field_the_user_sets(stage_value, base_value, named):
+  config = _demo()
+  config.finetune.train.global_batch_size = stage_value
+  config.train.global_batch_size = base_value
+  with pytest.raises(validation.ConfigError) as excinfo:
+    validation.validate_stage(config, 'finetune', num_devices=8)
+  message = str(excinfo.value)
+  assert message.startswith(f'{named} is not divisible by the 8 devices'), message
+  assert message.endswith('(stage finetune)') and '\n' not in message
+  if stage_value is not None:
+    assert 'finetune.finetune' not in message and ' train.global' not in message
+
+
+@pytest.mark.parametrize('num_devices', [1, 2, 4, 8])
+def test_every_demo_stage_runs_on_1_2_4_or_8_devices(num_devices):
+  """README's first command must work on a multi-GPU machine or a TPU v3-8 / v4-8 as it is."""
+  config = _demo()
+  for name in config.stages:
+    validation.validate_stage(config, name, num_devices=num_devices)
