@@ -287,7 +287,8 @@ def from_tfds(
         'data.train_split / data.eval_split to one of them.'
       ) from error
   file_format = builder.info.file_format
-  if file_format not in (None, tfds.core.FileFormat.TFRECORD):  # tfds reads others without tf.data.
+  # tfds's as_dataset (tf.data) reads tfrecord only; ArrayRecord, e.g., only as_data_source.
+  if file_format not in (None, tfds.core.FileFormat.TFRECORD):
     raise ConfigError(
       f'data.dataset={name!r} is stored as {file_format.value} files, which tf.data cannot read; '
       f'rebuild it as tfrecord (`tfds build {name} --file_format=tfrecord --data_dir=...`).')
