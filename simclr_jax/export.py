@@ -55,7 +55,6 @@ def unflatten_variables(flat: dict[str, np.ndarray]) -> dict[str, Any]:
 
 def inference_model(config: ml_collections.ConfigDict, params: Any):
   """The model of `config`'s architecture in single-device inference form (no BN axis)."""
-
   return load.build(config, load.num_classes_of(params), bn_axis_name=None)
 
 

@@ -299,16 +299,19 @@ def validate_stage(
     validate_config(stage.derive(config), num_devices, num_processes)
   except ConfigError as error:
     message = str(error)
-    for target, source in stage.overrides:
+    for target, source in reversed(stage.overrides):  # The last override applied wins (derive).
       match = re.match(rf'{re.escape(target)}((?:\.\w+)*)=', message)
-      if not match:
-        continue
-      try:
-        set_here = stages.lookup(config, source + match.group(1)) is not None
-      except (KeyError, AttributeError):
-        set_here = False
-      if set_here:  # Every mention of the derived field, not inside a longer dotted name.
+      if match and _is_set(config, source + match.group(1)):
+        # Every mention of the derived field, not inside a longer dotted name.
         field = target + match.group(1)
         message = re.sub(rf'(?<![\w.]){re.escape(field)}\b', source + match.group(1), message)
-        raise ConfigError(f'{message} (stage {name})') from error
+        break
     raise ConfigError(f'{message} (stage {name})') from error
+
+
+def _is_set(config: ml_collections.ConfigDict, path: str) -> bool:
+  """Whether the dotted config path exists and holds a value (None: inherit)."""
+  try:
+    return stages.lookup(config, path) is not None
+  except (KeyError, AttributeError):
+    return False

@@ -70,8 +70,10 @@ def make_eval_dataset(
   that every host runs the same number of eval steps.
   """
 
+  place_canvas = _place(canvas_size)
+
   def place(example: dict) -> dict:
-    return {**_place(canvas_size)(example), 'mask': tf.constant(1.0)}
+    return {**place_canvas(example), 'mask': tf.constant(1.0)}
 
   def pad(batch: dict) -> dict:
     missing = batch_size - tf.shape(batch['mask'])[0]

@@ -133,8 +133,9 @@ def _split(config: ml_collections.ConfigDict, split: str) -> HostSplit:
   return load_split(data.dataset, split, data.folder, data.tfds_data_dir)
 
 
-def make_train_data(config: ml_collections.ConfigDict, stage: str, mesh):
-  """(num_examples, class_names, host-batch iterator factory, replicated dataset) of a stage."""
+def make_train_data(config: ml_collections.ConfigDict, stage, mesh):
+  """(num_examples, class_names, host-batch iterator factory, replicated dataset) of a stage
+  (`stage`: a stages.Stage; its `examples` and `labels` say which examples and labels)."""
   split = _split(config, config.data.train_split)
   labels = split.labels.astype(np.int32)
   pool = np.arange(len(labels))
