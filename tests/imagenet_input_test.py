@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 
 import fake_imagenet
-from simclr_jax.data import reading, sources
+from simclr_jax.data import pipeline, reading, sources
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_TRAIN, SHARDS = 320, 16  # 20 records (~1.2 MB) per shard file.
@@ -175,21 +175,25 @@ def test_host_memory_stays_bounded_across_epochs_with_the_imagenet_settings(data
 
 
 def test_cache_rule_caches_what_fits_and_logs_it(data_dir, monkeypatch):
-  imagenet = _load(data_dir)
-  decoded_imagenet = sources.load(fake_imagenet.NAME, 'train', data_dir=data_dir)
-  assert decoded_imagenet.decoded_bytes == 0  # JPEGs of unknown size: never cached decoded.
+  on_canvas = lambda source, side=32: source.map(pipeline.place(side))
+  imagenet = sources.load(fake_imagenet.NAME, 'train', data_dir=data_dir)
   assert imagenet.encoded_bytes > 0
-  assert decoded_imagenet.cache_kind(True) == 'encoded'  # 19 MB fits in this host's RAM.
-  demo = sources.load('demo', 'train')
-  assert demo.decoded_bytes == 1000 * 32 * 32 * 3  # From the PNG headers.
+  assert imagenet.cache_kind(True) == 'encoded'  # Decoded JPEGs of unknown size: never cached.
+  monkeypatch.setattr(reading, 'host_ram_bytes', lambda: 4 * NUM_TRAIN * 512 * 512 * 3 - 4)
+  assert on_canvas(imagenet, 512).cache_kind(True) == 'encoded'  # 512 px canvases do not fit.
+  monkeypatch.setattr(reading, 'host_ram_bytes', lambda: 4 * NUM_TRAIN * 512 * 512 * 3)
+  assert on_canvas(imagenet, 512).cache_kind(True) == 'decoded'
+  demo = on_canvas(sources.load('demo', 'train'))
+  decoded_bytes = 1000 * 32 * 32 * 3  # 1,000 canvases of 32 x 32.
+  monkeypatch.setattr(reading, 'host_ram_bytes', lambda: 4 * decoded_bytes)
   assert demo.cache_kind(True) == 'decoded' and demo.cache_kind(False) == ''
   monkeypatch.setattr(reading, 'host_ram_bytes', lambda: 4 * demo.encoded_bytes - 4)
   assert demo.cache_kind(True) == ''  # Even the encoded bytes exceed a quarter of the RAM.
-  monkeypatch.setattr(reading, 'host_ram_bytes', lambda: 4 * demo.decoded_bytes - 4)
+  monkeypatch.setattr(reading, 'host_ram_bytes', lambda: 4 * decoded_bytes - 4)
   assert demo.cache_kind(True) == 'encoded'
   # The stream is the same whatever the cache holds.
   kinds = {}
-  for ram in (0, 4 * demo.decoded_bytes - 4, 10 * demo.decoded_bytes):
+  for ram in (0, 4 * decoded_bytes - 4, 10 * decoded_bytes):
     monkeypatch.setattr(reading, 'host_ram_bytes', lambda ram=ram: ram)
     stream = demo.epochs(seed=1, shuffle_buffer=64, cache=True).take(50)
     kinds[demo.cache_kind(True)] = [(int(x['index']), x['image'].sum())

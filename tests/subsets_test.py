@@ -61,6 +61,6 @@ def test_restrict_on_demo_folder_and_host_shares():
 def test_hide_labels_outside():
   source = sources.load('demo', 'test')
   kept = np.array([0, 5, 50])
-  relabelled = subsets.hide_labels_outside(source, kept)
+  relabelled = source.hide_labels_outside(kept)
   labels = {int(e['index']): int(e['label']) for e in relabelled.dataset.as_numpy_iterator()}
   assert sorted(i for i, label in labels.items() if label >= 0) == kept.tolist()

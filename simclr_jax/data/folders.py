@@ -1,13 +1,17 @@
 """Listing image folders: root/<split>/<class>/*.{jpg,jpeg,png} or a flat folder of images.
 
-The one listing shared by the tf.data sources (`sources.py`, which also sets unreadable files
-aside) and the TensorFlow-free device-resident data (`resident.py`); no TensorFlow here.
+The one listing, unreadable files set aside (image_check.py), shared by the tf.data sources
+(`sources.py`), the labelled subsets and the TensorFlow-free device-resident data
+(`resident.py`); no TensorFlow here.
 """
 
+import dataclasses
 import os
 import pathlib
 
 from absl import logging
+
+from simclr_jax.data import image_check
 from simclr_jax.errors import ConfigError
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
@@ -88,3 +92,31 @@ def list_image_folder(root: str, split: str) -> tuple[list[str], list[int], list
       f'in {split_dir}; put images in <split>/<class>/ folders or point data.folder elsewhere.'
     )
   return paths, labels, class_names
+
+
+@dataclasses.dataclass(frozen=True)
+class Listing:
+  paths: list[str]  # Readable images only, sorted: classes by name, then files by name.
+  labels: list[int]
+  class_names: tuple[str, ...]
+  skipped: dict[str, str]  # Unreadable image files -> why.
+  fully_checked: bool  # Pixels decoded at listing (else headers only, see image_check.py).
+
+
+def list_readable(
+  root: str, split: str, full_check_max_bytes: int = image_check.FULL_CHECK_MAX_BYTES
+) -> Listing:
+  """The images of root/<split>/<class>/* or of a flat folder, unreadable ones set aside."""
+  paths, labels, class_names = list_image_folder(root, split)
+  skipped, fully_checked = image_check.find_unreadable(
+    paths, full_check_max_bytes=full_check_max_bytes)
+  if len(skipped) == len(paths):
+    example, reason = next(iter(skipped.items()))
+    raise ConfigError(
+      f'data.folder={root!r} split {split!r} has no readable image: all {len(paths)} files fail '
+      f'to decode (e.g. {example}: {reason}); fix the files or point data.folder elsewhere.'
+    )
+  if skipped:
+    labels = [label for path, label in zip(paths, labels) if path not in skipped]
+    paths = [path for path in paths if path not in skipped]
+  return Listing(paths, labels, tuple(class_names), skipped, fully_checked)

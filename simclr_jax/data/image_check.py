@@ -7,7 +7,7 @@ bad files are dropped from the listing, counted and logged with their path.
 
 Larger folders (ImageNet-sized) get only a header check (Pillow `open`: catches empty, text and
 unsupported files at a few microseconds each); their remaining decode errors are skipped by
-tf.data (`ignore_errors` in sources.py, logged by TF but not counted here).
+tf.data (`ignore_errors` in reading.py, logged by TF but not counted here).
 
 Every image Pillow accepts here is decoded by `tf.io.decode_image(channels=3)` to RGB uint8:
 measured with TF 2.21 on grayscale (L, 1-bit, LA), palette (with transparency), RGBA, Adobe
@@ -36,9 +36,6 @@ FULL_CHECK_MAX_BYTES = 2**30
 MAX_PIXELS = 2**26
 MIN_SIDE = 4  # Smaller images carry no crop to learn from (a 1x1 image is one colour).
 
-# Path -> (height, width, is JPEG) from its header (set by find_unreadable).
-_sizes: dict[str, tuple[int, int, bool]] = {}
-
 _verdicts: dict[tuple[str, int, int, bool], str] = {}  # Key -> '' (readable) or the reason.
 
 
@@ -56,7 +53,6 @@ def _problem(path: str, size: int, full: bool) -> str:
       if width * height > MAX_PIXELS:
         return (f'{width}x{height} = {width * height / 1e6:.0f} MP is over the '
                 f'{MAX_PIXELS / 1e6:.0f} MP cap (image_check.MAX_PIXELS); downscale it')
-      _sizes[path] = (height, width, image.format == 'JPEG')
       if full:
         image.load()  # Decodes every pixel: raises on truncated or corrupt data.
   # Pillow's plugins raise many types on malformed input (OSError, SyntaxError, ValueError,
@@ -97,20 +93,3 @@ def find_unreadable(
           logging.warning('Skipping unreadable image %s (%s).', key[0], problem)
   return {key[0]: _verdicts[key] for key in keys if _verdicts[key]}, full
 
-
-def decoded_bytes(paths: Sequence[str], min_side: int = 0) -> int:
-  """uint8 RGB bytes of the decoded images (headers read by `find_unreadable`); 0 = unknown.
-
-  With min_side > 0, JPEGs count at the scale `reading.decode_bytes` decodes them (1/2-1/8 while
-  the shorter side stays >= min_side; libjpeg rounds scaled sizes up).
-  """
-  total = 0
-  for path in paths:
-    if path not in _sizes:
-      return 0
-    height, width, is_jpeg = _sizes[path]
-    ratio = 1
-    while is_jpeg and min_side > 0 and ratio < 8 and min(height, width) >= 2 * ratio * min_side:
-      ratio *= 2
-    total += 3 * -(-height // ratio) * -(-width // ratio)
-  return total

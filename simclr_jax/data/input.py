@@ -96,7 +96,7 @@ def train_source(config: ml_collections.ConfigDict, stage) -> sources.Source:
   labelled = np.zeros([0], np.int64)
   if stage.uses_labels(config) and not is_official_subset(config.finetune.dataset):
     labelled = labelled_indices(config)
-  return subsets.hide_labels_outside(source, labelled)
+  return source.hide_labels_outside(labelled)
 
 
 def _host_batch(global_batch_size: int) -> int:

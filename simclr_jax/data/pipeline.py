@@ -1,22 +1,12 @@
-"""The host half of the one data path: a source's examples -> canvas batches, and eval batches.
+"""The host half of the one data path: a source's examples -> batches of uint8 canvases.
 
-    train: the source's epochs (sources.Source.epochs) -> decode -> onto a uint8 canvas -> batch
-    eval:  in order -> decode -> onto a uint8 canvas -> batch, padded with a 0/1 `mask`
+    train: the source's epochs (reading.py) -> decode -> canvas -> batch
+           {'image': uint8 [B, C, C, 3], 'size': int32 [B, 2], 'label', 'index', 'epoch': int32 [B]}
+    eval:  in split order -> decode -> canvas -> batch, padded, with a 0/1 'mask'
 
-Training batches carry no augmentation: every random op (crop, flip, colour, blur) runs on the
-device inside the step (data/views.py). The host decodes each image and
-places it, unscaled, at the top left of a fixed canvas_size x canvas_size uint8 canvas; an image
-larger than the canvas is first scaled down to fit (aspect kept, antialiased). Its size travels
-with it, so the device's random crop sees the image's own shape, as the official crop does.
-
-    {'image': uint8 [B, C, C, 3], 'size': int32 [B, 2] (height, width), 'label': int32 [B],
-     'index': int32 [B] (position in the split), 'epoch': int32 [B]}
-
-Determinism: the stream is a pure function of `seed` (and the host's share of the data): epoch e
-is a permutation drawn from (seed, 'shuffle', host, e) (`sources.Source.epochs`: shuffled paths
-for folders, shuffled windows of shard files for tfds); the device derives each example's views
-from (seed, 'augment', epoch, index). `Options().deterministic` keeps parallel maps in order.
-Resuming at `start_batch` reproduces the same batches as an uninterrupted run.
+No augmentation here: every random op runs on the device inside the step (views.py), keyed by
+(seed, epoch, index), so the stream is a pure function of the seed and a resume at
+`start_batch` reproduces an uninterrupted run.
 """
 
 from collections.abc import Iterator
@@ -38,15 +28,15 @@ def _options(threadpool_size: int) -> tf.data.Options:
   return options
 
 
-def _place(canvas_size: int, *extra: str):
-  """example -> {'image': canvas, 'size', 'label', 'index', *extra} (int32 fields)."""
+def place(canvas_size: int):
+  """example -> the same with its image on a canvas (`to_canvas`), 'size', int32 label/index."""
 
-  def place(example: dict) -> dict:
+  def place_one(example: dict) -> dict:
     canvas, size = to_canvas(example['image'], canvas_size)
-    fields = {key: tf.cast(example[key], tf.int32) for key in ('label', 'index', *extra)}
-    return {'image': canvas, 'size': size, **fields}
+    ids = {key: tf.cast(example[key], tf.int32) for key in ('label', 'index')}
+    return {**example, 'image': canvas, 'size': size, **ids}
 
-  return place
+  return place_one
 
 
 def _finish(dataset: tf.data.Dataset, threadpool_size: int) -> tf.data.Dataset:
@@ -70,11 +60,6 @@ def make_eval_dataset(
   that every host runs the same number of eval steps.
   """
 
-  place_canvas = _place(canvas_size)
-
-  def place(example: dict) -> dict:
-    return {**place_canvas(example), 'mask': tf.constant(1.0)}
-
   def pad(batch: dict) -> dict:
     missing = batch_size - tf.shape(batch['mask'])[0]
     padded = {}
@@ -84,8 +69,8 @@ def make_eval_dataset(
       padded[key].set_shape([batch_size] + value.shape.as_list()[1:])
     return padded
 
-  dataset = source.ordered(cache)
-  dataset = dataset.map(place, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).map(pad)
+  dataset = source.map(place(canvas_size)).ordered(cache)
+  dataset = dataset.map(lambda x: {**x, 'mask': tf.constant(1.0)}).batch(batch_size).map(pad)
   if num_batches is not None:
     have = int(dataset.cardinality())
     if have > num_batches:
@@ -135,12 +120,11 @@ def make_train_dataset(
 
   Batches do not respect epoch boundaries (drop_remainder only at the end of a finite run).
   """
-  dataset = source.epochs(
+  dataset = source.map(place(canvas_size)).epochs(
     seed=seed, shuffle_buffer=shuffle_buffer, cache=cache,
     start_example=start_batch * host_batch_size, process_index=process_index,
     num_epochs=num_epochs,
   )
-  dataset = dataset.map(_place(canvas_size, 'epoch'), num_parallel_calls=tf.data.AUTOTUNE)
   return _finish(dataset.batch(host_batch_size, drop_remainder=True), threadpool_size)
 
 

@@ -1,23 +1,15 @@
 """Device-resident data (`data.device_resident=True`): a whole split on every device, no TensorFlow.
 
 For small datasets (CIFAR-10: 50,000 x 32 x 32 x 3 uint8 = 154 MB) the host input pipeline is
-pure overhead: the split fits on every device, and the step gathers its own batch and builds the
-views with the device half of the one data path (views.py). The host then ships only the batch's
-example indices, labels and epochs.
+pure overhead: the split is decoded once (Pillow, or tfds as NumPy) and REPLICATED on every device
+as uint8 canvases with their sizes; the host sends only each batch's indices, labels and epochs,
+and the step gathers its canvases and builds the views with the device half of the one data path
+(views.py). Replicated, not sharded: a global per-epoch permutation sends any example to any
+device, which a sharded split would pay for with an all-to-all per step.
 
-    load_split -> HostSplit (NumPy, Pillow-decoded) -> put_on_mesh -> {'images', 'sizes'}
-    batch_indices(seed, step, global_batch_size, num_examples) -> int32 [global_batch_size]
-
-Placement: the split is REPLICATED on every device (`P()`), as uint8 canvases (each image at the
-top left of a square of its longer side) with their sizes. A global per-epoch permutation sends
-any example to any device, so a sharded split would need an all-to-all gather per step;
-replication costs N x image bytes per device, which is the point of this path (small datasets).
-Large datasets (ImageNet) stay on the host pipeline (pipeline.py).
-
-Data order: epoch e is a permutation drawn from (seed, 'shuffle', e); batches run through the
-concatenated epochs (they cross epoch boundaries, like the host pipeline's repeat-then-batch), so
-`batch_indices` is a pure function of (seed, step). Eval batches are the canvases themselves,
-sent from the host in split order (the eval view is built on the device, views.make_eval_view).
+Order: epoch e is a permutation drawn from (seed, 'shuffle', e); batches run through the
+concatenated epochs, so `batch_indices` is a pure function of (seed, step). Eval batches are the
+canvases, sent from the host in split order.
 """
 
 import dataclasses
@@ -56,10 +48,12 @@ class HostSplit:
 
 
 def load_folder(root: str, split: str) -> HostSplit:
-  """Decodes every image of root/<split> with Pillow into uint8 [N, H, W, 3] (equal sizes)."""
+  """Decodes every readable image of root/<split> (`folders.list_readable`, as the host path)
+  with Pillow into uint8 [N, H, W, 3] (equal sizes)."""
   from PIL import Image  # Pillow: decoding without TensorFlow.
 
-  paths, labels, class_names = folders.list_image_folder(root, split)
+  listing = folders.list_readable(root, split)
+  paths, labels, class_names = listing.paths, listing.labels, listing.class_names
   images = []
   for path in paths:
     with Image.open(path) as image:
@@ -96,36 +90,26 @@ def put_on_mesh(mesh: Mesh, split: HostSplit) -> dict[str, jax.Array]:
   return jax.device_put({'images': canvases, 'sizes': sizes}, NamedSharding(mesh, P()))
 
 
-def epoch_permutation(
-  seed: int | jax.Array, epoch: int | jax.Array, num_examples: int
-) -> jax.Array:
-  """int32 [num_examples]: the order of epoch `epoch`, from (seed, 'shuffle', epoch). Jittable."""
+def epoch_permutation(seed: int, epoch: int, num_examples: int) -> jax.Array:
+  """int32 [num_examples]: the order of epoch `epoch`, from (seed, 'shuffle', epoch)."""
   key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _SHUFFLE), epoch)
   return jax.random.permutation(key, num_examples).astype(jnp.int32)
 
 
-def batch_indices(
-  seed: int | jax.Array, step: int | jax.Array, global_batch_size: int, num_examples: int
-) -> jax.Array:
-  """int32 [global_batch_size]: split indices of batch `step` (0-based). Jittable in `step`.
+def batch_indices(seed: int, step: int, global_batch_size: int, num_examples: int) -> np.ndarray:
+  """int32 [global_batch_size]: split indices of batch `step` (0-based).
 
-  Position p = step * B + j of the endless stream is example perm(p // N)[p % N]. A batch spans
-  at most two epochs (B <= N). With a traced `step`, p is int32: valid while step * B < 2**31
-  (about 520k steps at batch 4096); a Python int step is exact for any step.
+  Position p = step * B + j of the endless stream is example perm(p // N)[p % N]; a batch spans
+  at most two epochs (B <= N).
   """
   if global_batch_size > num_examples:
     raise ValueError(f'global_batch_size={global_batch_size} > {num_examples} examples; a '
                      'device-resident batch must not span more than two epochs.')
-  if isinstance(step, int):
-    epoch, offset = divmod(step * global_batch_size, num_examples)
-  else:
-    start = jnp.asarray(step, jnp.int32) * global_batch_size
-    epoch, offset = start // num_examples, start % num_examples
-  position = offset + jnp.arange(global_batch_size, dtype=jnp.int32)  # < 2N
-  first = epoch_permutation(seed, epoch, num_examples)
-  second = epoch_permutation(seed, epoch + 1, num_examples)
+  epoch, offset = divmod(step * global_batch_size, num_examples)
+  position = offset + np.arange(global_batch_size)  # < 2N
+  first, second = (np.asarray(epoch_permutation(seed, e, num_examples)) for e in (epoch, epoch + 1))
   index = position % num_examples
-  return jnp.where(position >= num_examples, second[index], first[index])
+  return np.where(position >= num_examples, second[index], first[index])
 
 
 def _split(config: ml_collections.ConfigDict, split: str) -> HostSplit:
@@ -153,7 +137,7 @@ def make_train_data(config: ml_collections.ConfigDict, stage, mesh):
   def make_iterator(start_step: int) -> Batches:
     step = start_step
     while True:
-      order = np.asarray(batch_indices(config.seed, step, global_batch, len(pool)))
+      order = batch_indices(config.seed, step, global_batch, len(pool))
       mine = slice(first, first + host_batch)
       index = pool[order[mine]].astype(np.int32)
       positions = step * global_batch + np.arange(global_batch)[mine]

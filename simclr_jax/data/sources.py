@@ -18,7 +18,6 @@ may be cached is reading.py's; a Source's `ordered`, `epochs` and `cache_kind` c
 """
 
 import dataclasses
-import math
 import os
 from typing import Callable
 
@@ -75,10 +74,9 @@ class Source:
   min_decoded_side: int = 0
   shards: _Shards | None = None  # tfds shard files: read directly, in windows (epochs).
   keep: np.ndarray | None = None  # bool [split_size]: the subset trained on; None = all.
+  labelled: np.ndarray | None = None  # bool [split_size]: labels kept here, -1 elsewhere.
   maps: tuple[Callable[[dict], dict], ...] = ()  # Applied to every example after decoding.
-  # Sizes of this host's share for the cache rule (0 = unknown).
-  decoded_bytes: int = 0
-  encoded_bytes: int = 0
+  encoded_bytes: int = 0  # This host's share as stored, for the cache rule (0 = unknown).
   name: str = ''  # For log lines.
   # Image folders: files left out because they cannot be decoded (image_check.py).
   skipped_paths: tuple[str, ...] = ()
@@ -114,6 +112,12 @@ class Source:
       keep &= self.keep
     return dataclasses.replace(self, keep=keep)
 
+  def hide_labels_outside(self, indices: np.ndarray) -> 'Source':
+    """All examples, with label -1 except those whose split index is in `indices`."""
+    labelled = np.zeros([self.split_size], bool)
+    labelled[indices] = True
+    return dataclasses.replace(self, labelled=labelled)
+
   def map(self, fn: Callable[[dict], dict]) -> 'Source':
     """The same source with `fn` applied to every (decoded) example; order is unchanged."""
     return dataclasses.replace(self, maps=self.maps + (fn,))
@@ -142,34 +146,6 @@ def _even_share(total: int, process_index: int, process_count: int) -> tuple[int
 # ----------------------------------------------------------------------------- image folders
 
 
-@dataclasses.dataclass(frozen=True)
-class Listing:
-  paths: list[str]  # Readable images only, sorted: classes by name, then files by name.
-  labels: list[int]
-  class_names: tuple[str, ...]
-  skipped: dict[str, str]  # Unreadable image files -> why.
-  fully_checked: bool  # Pixels decoded at listing (else headers only, see image_check.py).
-
-
-def list_readable(
-  root: str, split: str, full_check_max_bytes: int = image_check.FULL_CHECK_MAX_BYTES
-) -> Listing:
-  """The images of root/<split>/<class>/* or of a flat folder, unreadable ones set aside."""
-  paths, labels, class_names = folders.list_image_folder(root, split)
-  skipped, fully_checked = image_check.find_unreadable(
-    paths, full_check_max_bytes=full_check_max_bytes)
-  if len(skipped) == len(paths):
-    example, reason = next(iter(skipped.items()))
-    raise ConfigError(
-      f'data.folder={root!r} split {split!r} has no readable image: all {len(paths)} files fail '
-      f'to decode (e.g. {example}: {reason}); fix the files or point data.folder elsewhere.'
-    )
-  if skipped:
-    labels = [label for path, label in zip(paths, labels) if path not in skipped]
-    paths = [path for path in paths if path not in skipped]
-  return Listing(paths, labels, tuple(class_names), skipped, fully_checked)
-
-
 def from_folder(
   root: str,
   split: str,
@@ -187,7 +163,7 @@ def from_folder(
   decoded are left out (indices count readable images only) and reported in `skipped_paths`.
   max_examples > 0 keeps the first max_examples images of the split.
   """
-  listing = list_readable(root, split, full_check_max_bytes)
+  listing = folders.list_readable(root, split, full_check_max_bytes)
   paths, labels, class_names = listing.paths, listing.labels, listing.class_names
   if 0 < max_examples < len(paths):
     paths, labels = paths[:max_examples], labels[:max_examples]
@@ -214,7 +190,6 @@ def from_folder(
     read=read,
     decode=decode,
     min_decoded_side=min_decoded_side,
-    decoded_bytes=image_check.decoded_bytes(host_paths, min_decoded_side if decode else 0),
     encoded_bytes=sum(os.path.getsize(path) for path in host_paths),
     name=f'{root}/{split}',
     skipped_paths=tuple(sorted(listing.skipped)),
@@ -316,8 +291,6 @@ def from_tfds(
   parse = lambda record: example(features.deserialize_example(record, decoders=skip_decoding))
   shards = _host_shards(split_info, start, end, parse) if split_info else None
   share = end - start
-  image_shape = features['image'].shape
-  decoded_bytes = share * math.prod(image_shape) if None not in image_shape else 0
   encoded_bytes = 0
   if split_info and split_info.num_bytes:
     encoded_bytes = int(split_info.num_bytes * share / max(split_info.num_examples, 1))
@@ -336,32 +309,20 @@ def from_tfds(
     decode=decode,
     min_decoded_side=min_decoded_side,
     shards=shards,
-    decoded_bytes=decoded_bytes,
     encoded_bytes=encoded_bytes,
     name=f'{name}/{split}',
   )
 
 
-def load(
-  dataset: str,
-  split: str,
-  *,
-  folder: str = '',
-  data_dir: str | None = None,
-  process_index: int = 0,
-  process_count: int = 1,
-  decode: bool = True,
-  max_examples: int = 0,
-  min_decoded_side: int = 0,
-) -> Source:
+def load(dataset: str, split: str, *, folder: str = '', data_dir: str | None = None,
+         **options) -> Source:
   """The `data.dataset` config value -> Source: 'demo', 'folder' (with `folder`) or a tfds name.
 
-  decode=False: examples hold the stored bytes ('encoded'), e.g. to read labels without
-  decoding. min_decoded_side > 0: JPEGs far larger than that are decoded at 1/2-1/8 scale
-  (`reading.decode_bytes`).
+  options (as `from_folder` / `from_tfds`): process_index, process_count; decode=False keeps
+  the stored bytes ('encoded'), e.g. to read labels without decoding; max_examples > 0 keeps the
+  first examples of the split; min_decoded_side > 0 decodes JPEGs far larger than that at
+  1/2-1/8 scale (`reading.decode_bytes`).
   """
-  options = dict(process_index=process_index, process_count=process_count, decode=decode,
-                 max_examples=max_examples, min_decoded_side=min_decoded_side)
   root = folders.local_root(dataset, folder)
   if root is not None:
     return from_folder(root, split, **options)

@@ -24,7 +24,7 @@ def split_labels(dataset: str, split: str, *, folder: str = '', data_dir: str | 
   """Labels of every example of a split, in source order (index i = example i)."""
   root = folders.local_root(dataset, folder)
   if root is not None:
-    labels = sources.list_readable(root, split).labels  # File listing only: no decoding.
+    labels = folders.list_readable(root, split).labels  # File listing only: no decoding.
     return np.asarray(labels, np.int64)
   # The source's own split order (shard files in order), so that label i is example index i.
   source = sources.load(dataset, split, data_dir=data_dir, decode=False)
@@ -56,15 +56,3 @@ def finetune_subset(config, labels: np.ndarray) -> np.ndarray:
   return balanced_subset(labels, seed=config.seed, fraction=config.finetune.label_fraction,
                          per_class=config.finetune.examples_per_class)
 
-
-def hide_labels_outside(source, indices: np.ndarray):
-  """All examples, with label -1 except those in `indices` (distillation's labelled part)."""
-  keep = np.zeros([source.split_size], bool)
-  keep[indices] = True
-  keep_table = tf.constant(keep)
-
-  def relabel(example: dict) -> dict:
-    labelled = tf.gather(keep_table, example['index'])
-    return {**example, 'label': tf.where(labelled, example['label'], -1)}
-
-  return source.map(relabel)
