@@ -9,6 +9,7 @@ No augmentation here: every random op runs on the device inside the step (views.
 `start_batch` reproduces an uninterrupted run.
 """
 
+import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -59,25 +60,15 @@ def make_eval_dataset(
   masked sum over all batches is exact. `num_batches` pads further with all-masked batches so
   that every host runs the same number of eval steps.
   """
-
-  def pad(batch: dict) -> dict:
-    missing = batch_size - tf.shape(batch['mask'])[0]
-    padded = {}
-    for key, value in batch.items():
-      paddings = [[0, missing]] + [[0, 0]] * (value.shape.rank - 1)
-      padded[key] = tf.pad(value, paddings)
-      padded[key].set_shape([batch_size] + value.shape.as_list()[1:])
-    return padded
-
   dataset = source.map(place(canvas_size)).ordered(cache)
-  dataset = dataset.map(lambda x: {**x, 'mask': tf.constant(1.0)}).batch(batch_size).map(pad)
-  if num_batches is not None:
-    have = int(dataset.cardinality())
-    if have > num_batches:
-      raise ValueError(f'eval needs {have} batches on this host but num_batches={num_batches}.')
-    empty = tf.data.Dataset.from_tensors(tf.nest.map_structure(
-      lambda spec: tf.zeros(spec.shape, spec.dtype), dataset.element_spec))
-    dataset = dataset.concatenate(empty.repeat()).take(num_batches)
+  dataset = dataset.map(lambda example: {**example, 'mask': tf.constant(1.0)})
+  needed = math.ceil(source.num_host_examples / batch_size)
+  if num_batches is not None and needed > num_batches:
+    raise ValueError(f'eval needs {needed} batches on this host but num_batches={num_batches}.')
+  empty = tf.data.Dataset.from_tensors(tf.nest.map_structure(
+    lambda spec: tf.zeros(spec.shape, spec.dtype), dataset.element_spec))
+  dataset = dataset.concatenate(empty.repeat()).take(batch_size * (num_batches or needed))
+  dataset = dataset.batch(batch_size, drop_remainder=True)
   return _finish(dataset, threadpool_size)
 
 

@@ -1,5 +1,5 @@
-"""How a host reads its share of a split (a `sources.Source`): in split order or as training
-epochs, decoded, and cached within the cache rule.
+"""A host's share of a split (`Source`) and how it is read: in split order or as training
+epochs, decoded, and cached within the cache rule (sources.py builds Sources).
 
   * `ordered(source, cache)`: the share in split order (evaluation, features, plots);
   * `epochs(source, ...)`: the training stream, each epoch a fresh permutation drawn from
@@ -17,8 +17,10 @@ maps end on a fixed-size canvas, as the pipelines' do), else the encoded bytes w
 the same whatever is cached.
 """
 
+import dataclasses
 import math
 import os
+from typing import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -85,181 +87,263 @@ def decode_bytes(encoded: tf.Tensor, min_side: int = 0) -> tf.Tensor:
   return image
 
 
-# ----------------------------------------------------------------------------- reading
+# ----------------------------------------------------------------------------- the Source
 
 
-def select(source, dataset: tf.data.Dataset, whole_share: bool = True) -> tf.data.Dataset:
-  """Only the examples of `keep`; `whole_share`: the dataset is this host's whole share."""
-  if source.keep is None:
+@dataclasses.dataclass(frozen=True)
+class Shards:
+  """This host's pieces of tfrecord shard files, in split order: records [skip, skip + take)
+  of `filenames[i]` are the examples with indices [starts[i], starts[i] + takes[i])."""
+
+  filenames: np.ndarray  # str [F]
+  skips: np.ndarray  # int64 [F]
+  takes: np.ndarray  # int64 [F]
+  starts: np.ndarray  # int64 [F]
+  parse: Callable[[tf.Tensor], dict]  # serialized record -> {'encoded', 'label'}
+
+  def read(self, piece: tf.Tensor) -> tf.data.Dataset:
+    """{'record', 'index'} of piece `piece` (a tensor index into the arrays)."""
+    records = tf.data.TFRecordDataset(tf.gather(self.filenames, piece))
+    skip, take = tf.gather(self.skips, piece), tf.gather(self.takes, piece)
+    start = tf.gather(self.starts, piece)
+    indices = tf.data.Dataset.range(start, start + take)
+    return tf.data.Dataset.zip(records.skip(skip).take(take), indices).map(
+      lambda record, index: {'record': record, 'index': index})
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Source:
+  """One host's share of a split; build with `sources.load`.
+
+  Yields examples {'image': uint8 [H, W, 3], 'label': int32 (-1 = unlabeled), 'index': int64},
+  or with `decode=False` the stored bytes as 'encoded' instead of 'image'. `index` is the
+  example's position in the whole split: the stable identity augmentation keys derive from,
+  whatever the host count.
+  """
+
+  num_classes: int
+  class_names: tuple[str, ...]
+  host_indices: np.ndarray  # Indices (in the split) of this host's share, in split order.
+  split_size: int  # Examples in the whole split.
+  # Items of the share in split order before reading: file paths of a folder, or examples of a
+  # tfds split read through tfds (mock data).
+  items: Callable[[], tf.data.Dataset]
+  read: Callable[[dict], dict] | None = None  # item -> {'encoded', 'label', 'index'}
+  decode: bool = True  # 'encoded' -> 'image' after reading.
+  # Decode big JPEGs at reduced scale, keeping their shorter side >= this (0 = full size).
+  min_decoded_side: int = 0
+  shards: Shards | None = None  # tfds shard files: read directly, in windows (epochs).
+  keep: np.ndarray | None = None  # bool [split_size]: the subset trained on; None = all.
+  labelled: np.ndarray | None = None  # bool [split_size]: labels kept here, -1 elsewhere.
+  maps: tuple[Callable[[dict], dict], ...] = ()  # Applied to every example after decoding.
+  encoded_bytes: int = 0  # This host's share as stored, for the cache rule (0 = unknown).
+  name: str = ''  # For log lines.
+  # Image folders: files left out because they cannot be decoded (image_check.py).
+  skipped_paths: tuple[str, ...] = ()
+  # False for folders checked by headers only: a corrupt file then fails when decoded and is
+  # dropped (TF logs it).
+  fully_checked: bool = True
+
+  @property
+  def num_examples(self) -> int:
+    """Examples in the (sub)set, all hosts together."""
+    return self.split_size if self.keep is None else int(self.keep.sum())
+
+  @property
+  def num_skipped(self) -> int:
+    return len(self.skipped_paths)
+
+  @property
+  def num_host_examples(self) -> int:
+    if self.keep is None:
+      return len(self.host_indices)
+    return int(self.keep[self.host_indices].sum())
+
+  @property
+  def dataset(self) -> tf.data.Dataset:
+    """This host's examples in split order, nothing cached."""
+    return self.ordered(cache=False)
+
+  def restrict(self, indices: np.ndarray) -> 'Source':
+    """Only the examples whose split index is in `indices` (each host keeps its own of them)."""
+    keep = np.zeros([self.split_size], bool)
+    keep[indices] = True
+    return dataclasses.replace(self, keep=keep if self.keep is None else keep & self.keep)
+
+  def hide_labels_outside(self, indices: np.ndarray) -> 'Source':
+    """All examples, with label -1 except those whose split index is in `indices`."""
+    labelled = np.zeros([self.split_size], bool)
+    labelled[indices] = True
+    return dataclasses.replace(self, labelled=labelled)
+
+  def map(self, fn: Callable[[dict], dict]) -> 'Source':
+    """The same source with `fn` applied to every (decoded) example; order is unchanged."""
+    return dataclasses.replace(self, maps=self.maps + (fn,))
+
+  def cache_kind(self, cache: bool) -> str:
+    """'decoded', 'encoded' or '' (nothing): what `cache=True` may cache, logged once (module
+    docstring)."""
+    if not cache:
+      return ''
+    budget = CACHE_RAM_FRACTION * host_ram_bytes()
+    decoded_bytes = 0
+    if self.decode:
+      shape = self._decoded(self._encoded()).element_spec['image'].shape
+      if shape.is_fully_defined():  # uint8 canvases of a fixed size.
+        decoded_bytes = self.num_host_examples * shape.num_elements()
+    if 0 < decoded_bytes <= budget:
+      kind, size = 'decoded', decoded_bytes
+    elif 0 < self.encoded_bytes <= budget:
+      kind, size = 'encoded', self.encoded_bytes
+    else:
+      kind, size = '', decoded_bytes if self.decode else self.encoded_bytes
+    amount = f'{size / 1e6:,.0f} MB' if size else 'size unknown'
+    what = f'the {kind} images of this host ({amount}' if kind else f'nothing ({amount}'
+    log_once(('cache', self.name, kind), 'data.cache for %s: caching %s; limit %.0f%% of %.0f GB '
+             'RAM).', self.name, what, 100 * CACHE_RAM_FRACTION, host_ram_bytes() / 1e9)
+    return kind
+
+  def ordered(self, cache: bool = False) -> tf.data.Dataset:
+    """This host's examples in split order; `cache` caches what the cache rule allows."""
+    kind = self.cache_kind(cache)
+    dataset = self._encoded()
+    if kind == 'encoded':
+      dataset = dataset.cache()
+    dataset = self._decoded(dataset)
+    return dataset.cache() if kind == 'decoded' else dataset
+
+  def epochs(
+    self,
+    *,
+    seed: int,
+    shuffle_buffer: int,
+    cache: bool = False,
+    start_example: int = 0,
+    process_index: int = 0,
+    num_epochs: int | None = None,
+  ) -> tf.data.Dataset:
+    """The training stream: examples with an int32 'epoch' field, from `start_example` on.
+
+    Epoch e is a permutation drawn from (seed, host, e): see the module docstring for how each
+    kind of source draws it and what a resume reads.
+    """
+    epoch_size = self.num_host_examples
+    if epoch_size == 0:
+      raise ValueError('The input has no examples on this host; check the dataset and split.')
+    first_epoch, skip = divmod(start_example, epoch_size)
+    stop = _MAX_EPOCHS if num_epochs is None else num_epochs
+    kind = self.cache_kind(cache)
+    if self.shards is not None and not kind:
+      return self._shard_epochs(seed, shuffle_buffer, first_epoch, skip, stop, process_index)
+    if kind:
+      items, after = self.ordered(cache=True), lambda dataset: dataset
+    else:  # Shuffle before reading and decoding: file paths, or examples read through tfds.
+      items = self._select(self.items())
+      after = lambda dataset: self._decoded(self._read(dataset))
+
+    def one_epoch(epoch: tf.Tensor) -> tf.data.Dataset:
+      # A buffer of the whole share: a full permutation (image folders list classes in order).
+      shuffled = items.shuffle(epoch_size, seed=_shuffle_seed(seed, process_index, epoch),
+                               reshuffle_each_iteration=False)
+      return shuffled.map(_with_epoch(epoch))
+
+    return after(tf.data.Dataset.range(first_epoch, stop).flat_map(one_epoch).skip(skip))
+
+  # --------------------------------------------------------------------------- the steps
+
+  def _select(self, dataset: tf.data.Dataset, whole_share: bool = True) -> tf.data.Dataset:
+    """Only the examples of `keep`; `whole_share`: the dataset is this host's whole share."""
+    if self.keep is None:
+      return dataset
+    keep_table = tf.constant(self.keep)
+    dataset = dataset.filter(lambda item: tf.gather(keep_table, item['index']))
+    if not whole_share:
+      return dataset
+    # Known cardinality lets shuffles and skips reason about the epoch without reading it.
+    return dataset.apply(tf.data.experimental.assert_cardinality(self.num_host_examples))
+
+  def _read(self, items: tf.data.Dataset) -> tf.data.Dataset:
+    """Items (file paths, ...) -> the examples they name, through `read`."""
+    if self.read is None:
+      return items
+    read = lambda item: {**{k: v for k, v in item.items() if k != 'path'}, **self.read(item)}
+    return items.map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+  def _parse(self, records: tf.data.Dataset, whole_share: bool = True) -> tf.data.Dataset:
+    """Shard records -> {'encoded', 'label', 'index'}, only the examples kept."""
+    one = lambda item: {**self.shards.parse(item['record']), 'index': item['index']}
+    parsed = records.map(one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return self._select(parsed, whole_share)
+
+  def _encoded(self) -> tf.data.Dataset:
+    """This host's examples in split order, before decoding."""
+    if self.shards is not None:
+      pieces = tf.data.Dataset.range(len(self.shards.filenames))
+      return self._parse(pieces.flat_map(self.shards.read))
+    return self._read(self._select(self.items()))
+
+  def _decoded(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """Encoded examples decoded (when the source decodes), labels hidden outside `labelled`,
+    then the maps applied."""
+    parallel = dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if self.decode and 'encoded' in dataset.element_spec:
+      decode = lambda x: {**{k: v for k, v in x.items() if k != 'encoded'},
+                          'image': decode_bytes(x['encoded'], self.min_decoded_side)}
+      dataset = dataset.map(decode, **parallel)
+      if not self.fully_checked:
+        # Headers only were checked: a corrupt file fails here and is dropped (TF logs it)
+        # rather than stopping training. The counts are then upper bounds.
+        dataset = dataset.ignore_errors(log_warning=True)
+    if self.labelled is not None:
+      labelled = tf.constant(self.labelled)
+      dataset = dataset.map(lambda x: {**x, 'label': tf.where(
+        tf.gather(labelled, x['index']), tf.cast(x['label'], tf.int32), -1)}, **parallel)
+    for fn in self.maps:
+      dataset = dataset.map(fn, **parallel)
     return dataset
-  keep_table = tf.constant(source.keep)
-  dataset = dataset.filter(lambda item: tf.gather(keep_table, item['index']))
-  if not whole_share:
-    return dataset
-  # Known cardinality lets shuffles and skips reason about the epoch without reading it.
-  return dataset.apply(tf.data.experimental.assert_cardinality(source.num_host_examples))
 
+  def _shard_epochs(
+    self, seed: int, shuffle_buffer: int, first_epoch: int, skip: int, stop: int,
+    process_index: int,
+  ) -> tf.data.Dataset:
+    """Shard files in a random order per epoch, read in fully shuffled windows (docstring)."""
+    shards = self.shards
+    num_pieces = len(shards.filenames)
+    per_window = max(1, min(num_pieces, math.ceil(shuffle_buffer / max(shards.takes.max(), 1))))
+    kept = shards.takes
+    if self.keep is not None:
+      cumulative = np.concatenate([[0], np.cumsum(self.keep)])
+      kept = cumulative[shards.starts + shards.takes] - cumulative[shards.starts]
 
-def read_items(source, items: tf.data.Dataset) -> tf.data.Dataset:
-  """Items (file paths, ...) -> the examples they name, through the source's `read`."""
-  if source.read is None:
-    return items
-  read = lambda item: {**{k: v for k, v in item.items() if k != 'path'}, **source.read(item)}
-  return items.map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    def piece_order(epoch) -> tf.Tensor:
+      noise = tf.random.stateless_uniform([num_pieces], purpose_seed(
+        seed, SHUFFLE_PURPOSE, process_index, epoch, -1))
+      return tf.argsort(noise)
 
+    def read_window(epoch: tf.Tensor, window: tf.Tensor, pieces: tf.Tensor) -> tf.data.Dataset:
+      records = tf.data.Dataset.from_tensor_slices(pieces).interleave(
+        shards.read, cycle_length=per_window, block_length=1,
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+      shuffled = self._parse(records, whole_share=False).shuffle(
+        int(per_window * shards.takes.max()),
+        seed=_shuffle_seed(seed, process_index, epoch, window), reshuffle_each_iteration=False)
+      return shuffled.map(_with_epoch(epoch))
 
-def decoded(source, dataset: tf.data.Dataset) -> tf.data.Dataset:
-  """Encoded examples decoded (when the source decodes), labels hidden outside `labelled`, then
-  the source's maps applied."""
-  parallel = dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  if source.decode and 'encoded' in dataset.element_spec:
-    decode = lambda x: {**{k: v for k, v in x.items() if k != 'encoded'},
-                        'image': decode_bytes(x['encoded'], source.min_decoded_side)}
-    dataset = dataset.map(decode, **parallel)
-    if not source.fully_checked:
-      # Headers only were checked: a corrupt file fails here and is dropped (TF logs it)
-      # rather than stopping training. The counts are then upper bounds.
-      dataset = dataset.ignore_errors(log_warning=True)
-  if source.labelled is not None:
-    labelled = tf.constant(source.labelled)
-    dataset = dataset.map(lambda x: {**x, 'label': tf.where(
-      tf.gather(labelled, x['index']), tf.cast(x['label'], tf.int32), -1)}, **parallel)
-  for fn in source.maps:
-    dataset = dataset.map(fn, **parallel)
-  return dataset
+    def one_epoch(epoch: tf.Tensor, skip_windows=0) -> tf.data.Dataset:
+      windows = tf.data.Dataset.from_tensor_slices(piece_order(epoch)).batch(per_window)
+      windows = windows.enumerate().skip(skip_windows)
+      return windows.flat_map(lambda window, pieces: read_window(epoch, window, pieces))
 
-
-def _parse(source, records: tf.data.Dataset, whole_share: bool = True) -> tf.data.Dataset:
-  """Shard records -> {'encoded', 'label', 'index'}, only the examples the source keeps."""
-  one = lambda item: {**source.shards.parse(item['record']), 'index': item['index']}
-  parsed = records.map(one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return select(source, parsed, whole_share)
-
-
-def _encoded(source) -> tf.data.Dataset:
-  """This host's examples in split order, before decoding."""
-  if source.shards is not None:
-    pieces = tf.data.Dataset.range(len(source.shards.filenames))
-    return _parse(source, pieces.flat_map(source.shards.read))
-  return read_items(source, select(source, source.items()))
-
-
-def cache_kind(source, cache: bool) -> str:
-  """'decoded', 'encoded' or '' (nothing): what may be cached, logged once (module docstring)."""
-  if not cache:
-    return ''
-  budget = CACHE_RAM_FRACTION * host_ram_bytes()
-  decoded_bytes = 0
-  if source.decode:
-    shape = decoded(source, _encoded(source)).element_spec['image'].shape
-    if shape.is_fully_defined():  # uint8 canvases of a fixed size.
-      decoded_bytes = source.num_host_examples * shape.num_elements()
-  if 0 < decoded_bytes <= budget:
-    kind, size = 'decoded', decoded_bytes
-  elif 0 < source.encoded_bytes <= budget:
-    kind, size = 'encoded', source.encoded_bytes
-  else:
-    kind, size = '', decoded_bytes if source.decode else source.encoded_bytes
-  amount = f'{size / 1e6:,.0f} MB' if size else 'size unknown'
-  what = f'the {kind} images of this host ({amount}' if kind else f'nothing ({amount}'
-  log_once(('cache', source.name, kind), 'data.cache for %s: caching %s; limit %.0f%% of %.0f GB '
-           'RAM).', source.name, what, 100 * CACHE_RAM_FRACTION, host_ram_bytes() / 1e9)
-  return kind
-
-
-def ordered(source, cache: bool = False) -> tf.data.Dataset:
-  """This host's examples in split order; `cache` caches what the cache rule allows."""
-  kind = cache_kind(source, cache)
-  dataset = _encoded(source)
-  if kind == 'encoded':
-    dataset = dataset.cache()
-  dataset = decoded(source, dataset)
-  return dataset.cache() if kind == 'decoded' else dataset
-
-
-# ----------------------------------------------------------------------------- training order
+    # The resumed epoch: whole windows before `skip` are skipped without reading any of them.
+    order = piece_order(first_epoch).numpy()
+    window_sizes = [int(kept[order[i:i + per_window]].sum())
+                    for i in range(0, num_pieces, per_window)]
+    before = np.concatenate([[0], np.cumsum(window_sizes)])
+    window = int(np.searchsorted(before, skip, side='right') - 1)
+    first = one_epoch(tf.constant(first_epoch, tf.int64), window).skip(skip - int(before[window]))
+    rest = tf.data.Dataset.range(first_epoch + 1, stop).flat_map(one_epoch)
+    return self._decoded(first.concatenate(rest))
 
 
 def _with_epoch(epoch: tf.Tensor):
   return lambda example: {**example, 'epoch': tf.cast(epoch, tf.int32)}
-
-
-def epochs(
-  source,
-  *,
-  seed: int,
-  shuffle_buffer: int,
-  cache: bool = False,
-  start_example: int = 0,
-  process_index: int = 0,
-  num_epochs: int | None = None,
-) -> tf.data.Dataset:
-  """The training stream: examples with an int32 'epoch' field, from `start_example` on.
-
-  Epoch e is a permutation drawn from (seed, host, e): see the module docstring for how each
-  kind of source draws it and what a resume reads.
-  """
-  epoch_size = source.num_host_examples
-  if epoch_size == 0:
-    raise ValueError('The input has no examples on this host; check the dataset and split.')
-  first_epoch, skip = divmod(start_example, epoch_size)
-  stop = _MAX_EPOCHS if num_epochs is None else num_epochs
-  kind = cache_kind(source, cache)
-  if source.shards is not None and not kind:
-    return _shard_epochs(source, seed, shuffle_buffer, first_epoch, skip, stop, process_index)
-  if kind:
-    items, after = ordered(source, cache=True), lambda dataset: dataset
-  else:  # Shuffle before reading and decoding: file paths, or encoded examples read through tfds.
-    items = select(source, source.items())
-    after = lambda dataset: decoded(source, read_items(source, dataset))
-
-  def one_epoch(epoch: tf.Tensor) -> tf.data.Dataset:
-    # A buffer of the whole share: a full permutation (image folders list classes in order).
-    shuffled = items.shuffle(epoch_size, seed=_shuffle_seed(seed, process_index, epoch),
-                             reshuffle_each_iteration=False)
-    return shuffled.map(_with_epoch(epoch))
-
-  return after(tf.data.Dataset.range(first_epoch, stop).flat_map(one_epoch).skip(skip))
-
-
-def _shard_epochs(
-  source, seed: int, shuffle_buffer: int, first_epoch: int, skip: int, stop: int,
-  process_index: int,
-) -> tf.data.Dataset:
-  """Shard files in a random order per epoch, read in fully shuffled windows (docstring)."""
-  shards = source.shards
-  num_pieces = len(shards.filenames)
-  per_window = max(1, min(num_pieces, math.ceil(shuffle_buffer / max(shards.takes.max(), 1))))
-  kept = shards.takes
-  if source.keep is not None:
-    cumulative = np.concatenate([[0], np.cumsum(source.keep)])
-    kept = cumulative[shards.starts + shards.takes] - cumulative[shards.starts]
-
-  def piece_order(epoch) -> tf.Tensor:
-    noise = tf.random.stateless_uniform([num_pieces], purpose_seed(
-      seed, SHUFFLE_PURPOSE, process_index, epoch, -1))
-    return tf.argsort(noise)
-
-  def read_window(epoch: tf.Tensor, window: tf.Tensor, pieces: tf.Tensor) -> tf.data.Dataset:
-    records = tf.data.Dataset.from_tensor_slices(pieces).interleave(
-      shards.read, cycle_length=per_window, block_length=1,
-      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    shuffled = _parse(source, records, whole_share=False).shuffle(
-      int(per_window * shards.takes.max()), seed=_shuffle_seed(seed, process_index, epoch, window),
-      reshuffle_each_iteration=False)
-    return shuffled.map(_with_epoch(epoch))
-
-  def one_epoch(epoch: tf.Tensor, skip_windows=0) -> tf.data.Dataset:
-    windows = tf.data.Dataset.from_tensor_slices(piece_order(epoch)).batch(per_window)
-    windows = windows.enumerate().skip(skip_windows)
-    return windows.flat_map(lambda window, pieces: read_window(epoch, window, pieces))
-
-  # The resumed epoch: whole windows before `skip` are skipped without reading any of them.
-  order = piece_order(first_epoch).numpy()
-  window_sizes = [int(kept[order[i:i + per_window]].sum())
-                  for i in range(0, num_pieces, per_window)]
-  before = np.concatenate([[0], np.cumsum(window_sizes)])
-  window = int(np.searchsorted(before, skip, side='right') - 1)
-  first = one_epoch(tf.constant(first_epoch, tf.int64), window).skip(skip - int(before[window]))
-  rest = tf.data.Dataset.range(first_epoch + 1, stop).flat_map(one_epoch)
-  return decoded(source, first.concatenate(rest))

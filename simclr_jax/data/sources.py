@@ -1,10 +1,5 @@
-"""Where examples come from: tfds datasets, image folders, the embedded demo set.
-
-A `Source` is one host's share of a split. It yields examples
-`{'image': uint8 [H, W, 3], 'label': int32 (-1 = unlabeled), 'index': int64}`, or with
-`decode=False` the stored bytes as `{'encoded': tf.string, 'label', 'index'}` (to read labels
-without decoding). `index` is the example's position in the whole
-split: a stable identity from which augmentation seeds are derived, whatever the host count.
+"""Where examples come from: tfds datasets, image folders, the embedded demo set, each as a
+`reading.Source` (one host's share of a split; reading.py says how it is read and cached).
 
 Each host opens only its own files:
   * image folders: every host lists the paths, keeps those whose position % process_count ==
@@ -12,14 +7,9 @@ Each host opens only its own files:
   * tfds (tfrecord shards): each host takes a contiguous 1/process_count of the split, as
     `tfds.even_splits` does, and reads only the shard files that hold it (one shard at each end
     may be shared with a neighbour; the records before the host's part are skipped there).
-
-How a share is read (in split order, or as training epochs with a bounded-work resume) and what
-may be cached is reading.py's; a Source's `ordered`, `epochs` and `cache_kind` call it.
 """
 
-import dataclasses
 import os
-from typing import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -31,109 +21,8 @@ from simclr_jax.errors import ConfigError
 
 demo_data_dir = folders.demo_data_dir  # Re-exported: callers use sources.demo_data_dir().
 KNOWN_TFDS_EXAMPLES = 'cifar10, cifar100, stl10, imagenet2012, imagenet2012_subset/1pct'
+Source = reading.Source  # Re-exported: built here, defined (and read) in reading.py.
 
-
-# ----------------------------------------------------------------------------- the Source
-
-
-@dataclasses.dataclass(frozen=True)
-class _Shards:
-  """This host's pieces of tfrecord shard files, in split order: records [skip, skip + take)
-  of `filenames[i]` are the examples with indices [starts[i], starts[i] + takes[i])."""
-
-  filenames: np.ndarray  # str [F]
-  skips: np.ndarray  # int64 [F]
-  takes: np.ndarray  # int64 [F]
-  starts: np.ndarray  # int64 [F]
-  parse: Callable[[tf.Tensor], dict]  # serialized record -> {'encoded', 'label'}
-
-  def read(self, piece: tf.Tensor) -> tf.data.Dataset:
-    """{'record', 'index'} of piece `piece` (a tensor index into the arrays)."""
-    records = tf.data.TFRecordDataset(tf.gather(self.filenames, piece))
-    skip, take = tf.gather(self.skips, piece), tf.gather(self.takes, piece)
-    start = tf.gather(self.starts, piece)
-    indices = tf.data.Dataset.range(start, start + take)
-    return tf.data.Dataset.zip(records.skip(skip).take(take), indices).map(
-      lambda record, index: {'record': record, 'index': index})
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Source:
-  """One host's share of a split (see the module docstring); build with `load`."""
-
-  num_classes: int
-  class_names: tuple[str, ...]
-  host_indices: np.ndarray  # Indices (in the split) of this host's share, in split order.
-  split_size: int  # Examples in the whole split.
-  # Items of the share in split order before reading: file paths of a folder, or examples of a
-  # tfds split read through tfds (mock data, formats other than tfrecord shards on disk).
-  items: Callable[[], tf.data.Dataset]
-  read: Callable[[dict], dict] | None = None  # item -> {'encoded', 'label', 'index'}
-  decode: bool = True  # 'encoded' -> 'image' after reading.
-  # Decode big JPEGs at reduced scale, keeping their shorter side >= this (0 = full size).
-  min_decoded_side: int = 0
-  shards: _Shards | None = None  # tfds shard files: read directly, in windows (epochs).
-  keep: np.ndarray | None = None  # bool [split_size]: the subset trained on; None = all.
-  labelled: np.ndarray | None = None  # bool [split_size]: labels kept here, -1 elsewhere.
-  maps: tuple[Callable[[dict], dict], ...] = ()  # Applied to every example after decoding.
-  encoded_bytes: int = 0  # This host's share as stored, for the cache rule (0 = unknown).
-  name: str = ''  # For log lines.
-  # Image folders: files left out because they cannot be decoded (image_check.py).
-  skipped_paths: tuple[str, ...] = ()
-  # False for folders checked by headers only: a corrupt file then fails when decoded and is
-  # dropped (TF logs it).
-  fully_checked: bool = True
-
-  @property
-  def num_examples(self) -> int:
-    """Examples in the (sub)set, all hosts together."""
-    return self.split_size if self.keep is None else int(self.keep.sum())
-
-  @property
-  def num_skipped(self) -> int:
-    return len(self.skipped_paths)
-
-  @property
-  def num_host_examples(self) -> int:
-    if self.keep is None:
-      return len(self.host_indices)
-    return int(self.keep[self.host_indices].sum())
-
-  @property
-  def dataset(self) -> tf.data.Dataset:
-    """This host's examples in split order, nothing cached."""
-    return self.ordered(cache=False)
-
-  def restrict(self, indices: np.ndarray) -> 'Source':
-    """Only the examples whose split index is in `indices` (each host keeps its own of them)."""
-    keep = np.zeros([self.split_size], bool)
-    keep[indices] = True
-    if self.keep is not None:
-      keep &= self.keep
-    return dataclasses.replace(self, keep=keep)
-
-  def hide_labels_outside(self, indices: np.ndarray) -> 'Source':
-    """All examples, with label -1 except those whose split index is in `indices`."""
-    labelled = np.zeros([self.split_size], bool)
-    labelled[indices] = True
-    return dataclasses.replace(self, labelled=labelled)
-
-  def map(self, fn: Callable[[dict], dict]) -> 'Source':
-    """The same source with `fn` applied to every (decoded) example; order is unchanged."""
-    return dataclasses.replace(self, maps=self.maps + (fn,))
-
-  def ordered(self, cache: bool = False) -> tf.data.Dataset:
-    """This host's examples in split order; `cache` caches what the cache rule allows."""
-    return reading.ordered(self, cache)
-
-  def epochs(self, **options) -> tf.data.Dataset:
-    """The training stream from `start_example` on (`reading.epochs`: seed, shuffle_buffer,
-    cache, start_example, process_index, num_epochs)."""
-    return reading.epochs(self, **options)
-
-  def cache_kind(self, cache: bool) -> str:
-    """'decoded', 'encoded' or '': what `cache=True` caches for this source (`reading.py`)."""
-    return reading.cache_kind(self, cache)
 
 def _even_share(total: int, process_index: int, process_count: int) -> tuple[int, int]:
   """[start, end) of host `process_index` in `total` examples, as tfds.even_splits (first hosts
@@ -210,7 +99,7 @@ def _tfds_builder(name: str, data_dir: str | None):
     ) from error
 
 
-def _host_shards(split_info, start: int, end: int, parse) -> _Shards | None:
+def _host_shards(split_info, start: int, end: int, parse) -> reading.Shards | None:
   """The pieces of shard files holding examples [start, end) of a split, or None when the split
   is not stored as tfrecord files on disk (e.g. under tfds.testing.mock_data)."""
   try:
@@ -230,7 +119,7 @@ def _host_shards(split_info, start: int, end: int, parse) -> _Shards | None:
       starts.append(low)
     position += instruction.take
   as_int = lambda values: np.asarray(values, np.int64)
-  return _Shards(np.asarray(filenames), as_int(skips), as_int(takes), as_int(starts), parse)
+  return reading.Shards(np.asarray(filenames), as_int(skips), as_int(takes), as_int(starts), parse)
 
 
 def from_tfds(
