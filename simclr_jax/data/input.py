@@ -70,33 +70,18 @@ def load_source(
   )
 
 
-def is_official_subset(dataset: str) -> bool:
-  return dataset.startswith('imagenet2012_subset')
-
-
-def labelled_indices(config: ml_collections.ConfigDict) -> np.ndarray:
-  """Indices (in the train split) of the class-balanced labelled subset of `config.finetune`."""
-  labels = subsets.split_labels(
-    config.data.dataset, config.data.train_split, folder=config.data.folder,
-    data_dir=config.data.tfds_data_dir,
-  )
-  return subsets.finetune_subset(config, labels)
-
-
 def train_source(config: ml_collections.ConfigDict, stage) -> sources.Source:
-  """The examples a stage trains on (`stages.Stage.examples` / `.labels`), labels hidden (-1)
-  where it must not see them."""
-  if stage.examples == 'labelled':  # The labelled subset: an official one, or drawn here.
-    dataset = config.finetune.dataset or config.data.dataset
-    source = load_source(config, config.data.train_split, dataset)
-    return source if is_official_subset(dataset) else source.restrict(labelled_indices(config))
-  source = load_source(config, config.data.train_split)
-  if stage.labels != 'labelled':
-    return source
-  labelled = np.zeros([0], np.int64)
-  if stage.uses_labels(config) and not is_official_subset(config.finetune.dataset):
-    labelled = labelled_indices(config)
-  return source.hide_labels_outside(labelled)
+  """The examples a stage trains on, labels hidden (-1) where it must not see them
+  (`subsets.stage_subset`)."""
+  data = config.data
+  source = load_source(config, data.train_split,
+                       config.finetune.dataset if stage.examples == 'labelled' else '')
+  split_labels = lambda: subsets.split_labels(
+    data.dataset, data.train_split, folder=data.folder, data_dir=data.tfds_data_dir)
+  examples, labelled = subsets.stage_subset(config, stage, split_labels)
+  if examples is not None:
+    source = source.restrict(examples)
+  return source if labelled is None else source.hide_labels_outside(labelled)
 
 
 def _host_batch(global_batch_size: int) -> int:

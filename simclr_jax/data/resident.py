@@ -122,14 +122,10 @@ def make_train_data(config: ml_collections.ConfigDict, stage, mesh):
   (`stage`: a stages.Stage; its `examples` and `labels` say which examples and labels)."""
   split = _split(config, config.data.train_split)
   labels = split.labels.astype(np.int32)
-  pool = np.arange(len(labels))
-  if stage.examples == 'labelled':  # Train on the labelled subset only.
-    pool = subsets.finetune_subset(config, labels)
-  elif stage.labels == 'labelled':  # Labels only where the labelled subset has them.
-    keep = np.zeros(len(labels), bool)
-    if stage.uses_labels(config):
-      keep[subsets.finetune_subset(config, labels)] = True
-    labels = np.where(keep, labels, -1).astype(np.int32)
+  examples, labelled = subsets.stage_subset(config, stage, lambda: labels)
+  pool = np.arange(len(labels)) if examples is None else examples
+  if labelled is not None:
+    labels = np.where(np.isin(np.arange(len(labels)), labelled), labels, -1).astype(np.int32)
   global_batch = config.train.global_batch_size
   host_batch = global_batch // jax.process_count()
   first = jax.process_index() * host_batch

@@ -6,6 +6,8 @@ labels of the whole split: per class, a permutation from (seed, class) keeps the
 round(fraction * class size) examples (at least 1), or exactly `per_class` of them.
 """
 
+from typing import Callable
+
 import numpy as np
 
 from simclr_jax.data import folders
@@ -56,3 +58,26 @@ def finetune_subset(config, labels: np.ndarray) -> np.ndarray:
   return balanced_subset(labels, seed=config.seed, fraction=config.finetune.label_fraction,
                          per_class=config.finetune.examples_per_class)
 
+
+def is_official_subset(dataset: str) -> bool:
+  return dataset.startswith('imagenet2012_subset')
+
+
+def stage_subset(
+  config, stage, split_labels: Callable[[], np.ndarray]
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+  """(split indices a stage trains on, split indices whose labels it sees); None = all.
+
+  As its `stages.Stage` declares: examples='labelled' trains on the labelled subset only (an
+  official tfds subset is one already); labels='labelled' sees labels in the labelled subset
+  only (none when the stage's label weight is 0). `split_labels()`, the train split's labels,
+  is called only when a subset is drawn here. The one rule for the host and device-resident data.
+  """
+  if stage.examples == 'labelled':
+    official = is_official_subset(config.finetune.dataset or config.data.dataset)
+    return (None if official else finetune_subset(config, split_labels())), None
+  if stage.labels != 'labelled':
+    return None, None
+  if stage.uses_labels(config) and not is_official_subset(config.finetune.dataset):
+    return None, finetune_subset(config, split_labels())
+  return None, np.zeros([0], np.int64)
