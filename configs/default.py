@@ -31,8 +31,8 @@ def get_config() -> ml_collections.ConfigDict:
   data.color_jitter_strength = 0.5  # s of the official data_util.py; 1.0 ImageNet, 0.5 CIFAR.
   data.use_blur = False  # Gaussian blur on both views (True for ImageNet, False for CIFAR).
   data.eval_crop_proportion = 0.875  # Centre crop kept at eval (ignored when image_size <= 32).
-  data.shuffle_buffer_multiplier = 10  # tfds shard windows: this x host batch (official 10, CIFAR 50).
-  data.cache = True  # Allow caching: decoded canvases if they fit in 1/4 of RAM, else encoded bytes.
+  data.shuffle_buffer_multiplier = 10  # tfds shard windows: x host batch (official 10, CIFAR 50).
+  data.cache = True  # Allow caching: decoded canvases if they fit in 1/4 of RAM, else the encoded.
   # The host decodes onto a canvas; every augmentation runs on the device (data/views.py).
   data.canvas_size = 0  # Host canvas side; larger images shrink to fit. 0 = data.image_size.
   data.blur_mode = 'batch'  # 'batch' = one sigma per device batch (official), 'image' = per image.
