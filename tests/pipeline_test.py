@@ -122,3 +122,14 @@ def test_eval_pads_to_a_common_number_of_batches():
   assert [float(b['mask'].sum()) for b in batches] == [4.0, 1.0, 0.0, 0.0]
   with pytest.raises(ValueError, match='num_batches=1'):
     pipeline.make_eval_dataset(_source(5), batch_size=4, canvas_size=20, num_batches=1)
+
+
+def test_a_class_sorted_folder_is_fully_permuted_whatever_the_shuffle_buffer():
+  """Folders list classes in order: a small shuffle buffer would give single-class batches."""
+  source = _source(40)  # One class folder per image, listed in index order.
+  stream = list(source.epochs(seed=0, shuffle_buffer=2).take(40).as_numpy_iterator())
+  indices = [int(x['index']) for x in stream]
+  assert sorted(indices) == list(range(40))
+  rank_correlation = np.corrcoef(indices, np.arange(40))[0, 1]
+  assert abs(rank_correlation) < 0.5, rank_correlation  # A buffer of 2 gives about 0.99.
+  assert max(indices[:10]) >= 20  # The first examples reach the far end of the listing.

@@ -91,3 +91,17 @@ def test_device_path_runs_without_tensorflow():
                           capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.split() == ['ok', '1000']
+
+
+def test_unreadable_images_are_left_out_as_by_the_host_sources(tmp_path):
+  from PIL import Image
+
+  from simclr_jax.data import sources
+
+  for name in ('a', 'c'):
+    Image.fromarray(np.full((6, 6, 3), 9, np.uint8)).save(tmp_path / f'{name}.png')
+  (tmp_path / 'b.png').write_bytes(b'not a png')
+  split = resident.load_folder(str(tmp_path), 'train')
+  source = sources.load('folder', 'train', folder=str(tmp_path))
+  assert split.num_examples == source.num_examples == 2
+  assert source.skipped_paths == (str(tmp_path / 'b.png'),)

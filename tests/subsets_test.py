@@ -64,3 +64,28 @@ def test_hide_labels_outside():
   relabelled = source.hide_labels_outside(kept)
   labels = {int(e['index']): int(e['label']) for e in relabelled.dataset.as_numpy_iterator()}
   assert sorted(i for i, label in labels.items() if label >= 0) == kept.tolist()
+
+
+def test_stage_subset_is_the_stage_declarations_rule():
+  from configs import demo as demo_lib
+  from simclr_jax import stages
+
+  config = demo_lib.get_config()
+  labels = np.repeat(np.arange(10), 20)  # 200 examples, 20 per class.
+  drawn = subsets.finetune_subset(config, labels)
+  assert len(drawn) == 20  # label_fraction 0.1.
+  calls = []
+  split_labels = lambda: calls.append(1) or labels
+  examples, labelled = subsets.stage_subset(config, stages.get('finetune'), split_labels)
+  assert examples.tolist() == drawn.tolist() and labelled is None
+  assert subsets.stage_subset(config, stages.get('pretrain'), split_labels) == (None, None)
+  config.distill.label_weight = 0.0  # Distillation without the labelled term sees no label.
+  assert subsets.stage_subset(config, stages.get('distill'), split_labels)[1].tolist() == []
+  config.distill.label_weight = 0.5
+  examples, labelled = subsets.stage_subset(config, stages.get('distill'), split_labels)
+  assert examples is None and labelled.tolist() == drawn.tolist()
+  assert len(calls) == 2
+  config.finetune.dataset = 'imagenet2012_subset/10pct'  # Official: a subset already.
+  assert subsets.stage_subset(config, stages.get('finetune'), split_labels) == (None, None)
+  assert subsets.stage_subset(config, stages.get('distill'), split_labels)[1].tolist() == []
+  assert len(calls) == 2  # Labels are read only when a subset is drawn here.

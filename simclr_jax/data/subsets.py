@@ -12,14 +12,13 @@ import numpy as np
 
 from simclr_jax.data import folders
 
-# TensorFlow only for the tf.data paths below; `balanced_subset` also serves device-resident data.
+# TensorFlow only to read a tfds split's labels; the rest also serves device-resident data.
 try:
-  import tensorflow as tf
   import tensorflow_datasets as tfds
 
   from simclr_jax.data import sources
 except ImportError:  # pragma: no cover - exercised by the no-TensorFlow test.
-  tf = tfds = sources = None
+  tfds = sources = None
 
 
 def split_labels(dataset: str, split: str, *, folder: str = '', data_dir: str | None = None):
