@@ -128,7 +128,7 @@ class Source:
   # Items of the share in split order before reading: file paths of a folder, or examples of a
   # tfds split read through tfds (mock data).
   items: Callable[[], tf.data.Dataset]
-  read: Callable[[dict], dict] | None = None  # item -> {'encoded', 'label', 'index'}
+  read: Callable[[dict], dict] | None = None  # item -> its 'encoded' bytes (item['path'] read)
   decode: bool = True  # 'encoded' -> 'image' after reading.
   # Decode big JPEGs at reduced scale, keeping their shorter side >= this (0 = full size).
   min_decoded_side: int = 0
@@ -263,7 +263,7 @@ class Source:
     return dataset.apply(tf.data.experimental.assert_cardinality(self.num_host_examples))
 
   def _read(self, items: tf.data.Dataset) -> tf.data.Dataset:
-    """Items (file paths, ...) -> the examples they name, through `read`."""
+    """Items (file paths with label and index) -> the examples they name, through `read`."""
     if self.read is None:
       return items
     read = lambda item: {**{k: v for k, v in item.items() if k != 'path'}, **self.read(item)}

@@ -57,7 +57,7 @@ def from_folder(
   if 0 < max_examples < len(paths):
     paths, labels = paths[:max_examples], labels[:max_examples]
   reading.log_once((root, split), '%s/%s: %d images in %d classes.', root, split, len(paths),
-            len(class_names))
+                   len(class_names))
   if listing.skipped:
     logging.warning('%s/%s: skipped %d unreadable image files (paths logged above).', root, split,
                     len(listing.skipped))
@@ -68,8 +68,7 @@ def from_folder(
     'label': tf.constant([labels[i] for i in host_indices], tf.int32),
     'index': tf.constant(host_indices, tf.int64),
   }
-  read = lambda x: {'encoded': tf.io.read_file(x['path']), 'label': x['label'],
-                    'index': x['index']}
+  read = lambda item: {'encoded': tf.io.read_file(item['path'])}  # Keeps 'label', 'index'.
   return Source(
     num_classes=len(class_names),
     class_names=class_names,
