@@ -1,8 +1,8 @@
 """A host's share of a split (`Source`) and how it is read: in split order or as training
 epochs, decoded, and cached within the cache rule (sources.py builds Sources).
 
-  * `ordered(source, cache)`: the share in split order (evaluation, features, plots);
-  * `epochs(source, ...)`: the training stream, each epoch a fresh permutation drawn from
+  * `Source.ordered(cache)`: the share in split order (evaluation, features, plots);
+  * `Source.epochs(...)`: the training stream, each epoch a fresh permutation drawn from
     (seed, host, epoch), with an 'epoch' field, from `start_example` on. Image folders and cached
     shares are fully permuted: folders shuffle file paths (a resume skips paths and reads
     nothing), a cached share is shuffled in memory. tfds shard files are visited in a random
@@ -10,11 +10,11 @@ epochs, decoded, and cached within the cache rule (sources.py builds Sources).
     are fully permuted; a resume skips whole windows by arithmetic and reads at most one window
     (the shuffle buffer plus one shard).
 
-The cache rule (`cache=True` allows a cache): the decoded images are cached when this host's
-share of them provably fits in `CACHE_RAM_FRACTION` of the host's RAM (known when the source's
-maps end on a fixed-size canvas, as the pipelines' do), else the encoded bytes when those fit
-(file sizes, tfds split bytes), else nothing; the decision is logged in one line. The stream is
-the same whatever is cached.
+The cache rule (`cache=True` allows a cache): the decoded images (canvases) are cached when
+this host's share of them provably fits in `CACHE_RAM_FRACTION` of the host's RAM (known when
+the source's maps end on a fixed-size canvas, as the pipelines' do), else the encoded bytes when
+those fit (file sizes, tfds split bytes), else nothing; the decision is logged in one line. The
+stream is the same whatever is cached.
 """
 
 import dataclasses
