@@ -202,6 +202,19 @@ def test_cache_rule_caches_what_fits_and_logs_it(data_dir, monkeypatch):
   assert kinds[''] == kinds['encoded'] == kinds['decoded']
 
 
+def test_an_encoded_cache_is_shuffled_before_decoding(monkeypatch):
+  """A cached share is fully permuted: the shuffle buffer holds all of it, so it must hold the
+  cached (encoded) examples, not decoded canvases, which are what did not fit."""
+  demo = sources.load('demo', 'train').map(pipeline.place(32))
+  monkeypatch.setattr(reading, 'host_ram_bytes', lambda: 4 * 1000 * 32 * 32 * 3 - 4)
+  assert demo.cache_kind(True) == 'encoded'
+  decoded = []
+  count = lambda: decoded.append(1) or 0
+  counting = demo.map(lambda x: {**x, 'count': tf.py_function(count, [], tf.int32)})
+  next(iter(counting.epochs(seed=0, shuffle_buffer=8, cache=True)))
+  assert len(decoded) < 100, len(decoded)  # Not the 1,000 of the share.
+
+
 def test_a_dataset_stored_as_array_record_is_refused_in_one_line(tmp_path):
   """tfds's as_dataset cannot read ArrayRecord files (only as_data_source can): refuse before
   any pipeline is built, naming the dataset and the rebuild command."""

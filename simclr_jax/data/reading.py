@@ -235,14 +235,18 @@ class Source:
     kind = self.cache_kind(cache)
     if self.shards is not None and not kind:
       return self._shard_epochs(seed, shuffle_buffer, first_epoch, skip, stop, process_index)
-    if kind:
+    # Shuffled before decoding unless the decoded canvases are cached: the buffer holds the whole
+    # share (a full permutation; image folders list classes in order), as file paths, references
+    # to cached tensors (no copy), or examples read through tfds (mock data).
+    if kind == 'decoded':
       items, after = self.ordered(cache=True), lambda dataset: dataset
-    else:  # Shuffle before reading and decoding: file paths, or examples read through tfds.
+    elif kind == 'encoded':
+      items, after = self._encoded().cache(), self._decoded
+    else:
       items = self._select(self.items())
       after = lambda dataset: self._decoded(self._read(dataset))
 
     def one_epoch(epoch: tf.Tensor) -> tf.data.Dataset:
-      # A buffer of the whole share: a full permutation (image folders list classes in order).
       shuffled = items.shuffle(epoch_size, seed=_shuffle_seed(seed, process_index, epoch),
                                reshuffle_each_iteration=False)
       return shuffled.map(_with_epoch(epoch))
