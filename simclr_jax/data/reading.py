@@ -3,12 +3,13 @@ epochs, decoded, and cached within the cache rule (sources.py builds Sources).
 
   * `Source.ordered(cache)`: the share in split order (evaluation, features, plots);
   * `Source.epochs(...)`: the training stream, each epoch a fresh permutation drawn from
-    (seed, host, epoch), with an 'epoch' field, from `start_example` on. Image folders and cached
-    shares are fully permuted: folders shuffle file paths (a resume skips paths and reads
-    nothing), a cached share is shuffled in memory. tfds shard files are visited in a random
-    order and read in windows of ceil(shuffle_buffer / records per shard) files whose records
-    are fully permuted; a resume skips whole windows by arithmetic and reads at most one window
-    (the shuffle buffer plus one shard).
+    (seed, host, epoch), with an 'epoch' field, from `start_example` on. Image folders and
+    cached shares are fully permuted: folders shuffle file paths (a resume skips paths and reads
+    nothing), a cached share is shuffled in memory (encoded examples before decoding). tfds
+    shard files are visited in a random order and read in windows of
+    ceil(shuffle_buffer / records per shard) files whose records are fully permuted; a resume
+    skips whole windows by arithmetic and reads at most one window (the shuffle buffer plus one
+    shard).
 
 The cache rule (`cache=True` allows a cache): the decoded images (canvases) are cached when
 this host's share of them provably fits in `CACHE_RAM_FRACTION` of the host's RAM (known when
@@ -235,9 +236,11 @@ class Source:
     kind = self.cache_kind(cache)
     if self.shards is not None and not kind:
       return self._shard_epochs(seed, shuffle_buffer, first_epoch, skip, stop, process_index)
-    # Shuffled before decoding unless the decoded canvases are cached: the buffer holds the whole
-    # share (a full permutation; image folders list classes in order), as file paths, references
-    # to cached tensors (no copy), or examples read through tfds (mock data).
+    # Shuffled before decoding unless the decoded canvases are cached. File paths and cached
+    # tensors (referenced, not copied) are cheap: the buffer holds the whole share, a full
+    # permutation (image folders list classes in order). Examples read through tfds (mock data)
+    # are not: a buffer of `shuffle_buffer`.
+    buffer = epoch_size
     if kind == 'decoded':
       items, after = self.ordered(cache=True), lambda dataset: dataset
     elif kind == 'encoded':
@@ -245,9 +248,10 @@ class Source:
     else:
       items = self._select(self.items())
       after = lambda dataset: self._decoded(self._read(dataset))
+      buffer = epoch_size if self.read is not None else shuffle_buffer
 
     def one_epoch(epoch: tf.Tensor) -> tf.data.Dataset:
-      shuffled = items.shuffle(epoch_size, seed=_shuffle_seed(seed, process_index, epoch),
+      shuffled = items.shuffle(buffer, seed=_shuffle_seed(seed, process_index, epoch),
                                reshuffle_each_iteration=False)
       return shuffled.map(_with_epoch(epoch))
 
