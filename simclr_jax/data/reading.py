@@ -206,7 +206,10 @@ class Source:
 
   def ordered(self, cache: bool = False) -> tf.data.Dataset:
     """This host's examples in split order; `cache` caches what the cache rule allows."""
-    kind = self.cache_kind(cache)
+    return self._ordered(self.cache_kind(cache))
+
+  def _ordered(self, kind: str) -> tf.data.Dataset:
+    """`ordered` with the cache kind already decided."""
     dataset = self._encoded()
     if kind == 'encoded':
       dataset = dataset.cache()
@@ -242,7 +245,7 @@ class Source:
     # are not: a buffer of `shuffle_buffer`.
     buffer = epoch_size
     if kind == 'decoded':
-      items, after = self.ordered(cache=True), lambda dataset: dataset
+      items, after = self._ordered(kind), lambda dataset: dataset
     elif kind == 'encoded':
       items, after = self._encoded().cache(), self._decoded
     else:
