@@ -13,6 +13,7 @@ canvases, sent from the host in split order.
 """
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable, Iterator
 
@@ -90,10 +91,13 @@ def put_on_mesh(mesh: Mesh, split: HostSplit) -> dict[str, jax.Array]:
   return jax.device_put({'images': canvases, 'sizes': sizes}, NamedSharding(mesh, P()))
 
 
-def epoch_permutation(seed: int, epoch: int, num_examples: int) -> jax.Array:
-  """int32 [num_examples]: the order of epoch `epoch`, from (seed, 'shuffle', epoch)."""
+@functools.lru_cache(maxsize=4)  # Every step of an epoch reads the same one or two orders.
+def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
+  """int32 [num_examples], read-only: the order of epoch `epoch`, from (seed, 'shuffle', epoch)."""
   key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _SHUFFLE), epoch)
-  return jax.random.permutation(key, num_examples).astype(jnp.int32)
+  order = np.asarray(jax.random.permutation(key, num_examples).astype(jnp.int32))
+  order.setflags(write=False)
+  return order
 
 
 def batch_indices(seed: int, step: int, global_batch_size: int, num_examples: int) -> np.ndarray:
@@ -107,7 +111,7 @@ def batch_indices(seed: int, step: int, global_batch_size: int, num_examples: in
                      'device-resident batch must not span more than two epochs.')
   epoch, offset = divmod(step * global_batch_size, num_examples)
   position = offset + np.arange(global_batch_size)  # < 2N
-  first, second = (np.asarray(epoch_permutation(seed, e, num_examples)) for e in (epoch, epoch + 1))
+  first, second = (epoch_permutation(seed, e, num_examples) for e in (epoch, epoch + 1))
   index = position % num_examples
   return np.where(position >= num_examples, second[index], first[index])
 
