@@ -133,15 +133,17 @@ def test_the_window_shuffle_mixes_shards_and_changes_every_epoch(data_dir):
 
 # ----------------------------------------------------------------------------- memory and cache
 
-_MEMORY_DRIVER = r'''
+_RSS = r'''
+def rss_mb():
+  with open('/proc/self/status') as f:
+    return int(next(l for l in f if l.startswith('VmRSS')).split()[1]) / 1024
+'''
+
+_MEMORY_DRIVER = _RSS + r'''
 import json, resource, sys
 from configs import r50_1x
 from simclr_jax import stages
 from simclr_jax.data import input as data_input
-
-def rss_mb():
-  with open('/proc/self/status') as f:
-    return int(next(l for l in f if l.startswith('VmRSS')).split()[1]) / 1024
 
 config = r50_1x.get_config()
 config.data.dataset, config.data.tfds_data_dir = 'fake_imagenet', sys.argv[1]
@@ -174,13 +176,9 @@ def test_host_memory_stays_bounded_across_epochs_with_the_imagenet_settings(data
   assert max(late) - min(late) < 200, result['rss_mb']
 
 
-_CACHE_MEMORY_DRIVER = r'''
+_CACHE_MEMORY_DRIVER = _RSS + r'''
 import json, sys
 from simclr_jax.data import pipeline, reading, sources
-
-def rss_mb():
-  with open('/proc/self/status') as f:
-    return int(next(l for l in f if l.startswith('VmRSS')).split()[1]) / 1024
 
 reading.host_ram_bytes = lambda: 10**12  # Any cache fits.
 source = sources.load('fake_imagenet', 'train', data_dir=sys.argv[1]).map(pipeline.place(512))
