@@ -38,7 +38,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from simclr_jax import cli, evaluation, run, sharding, stages, train, validation  # noqa: E402
 from simclr_jax.data import input as data_input  # noqa: E402
-from simclr_jax.data import views  # noqa: E402
+from simclr_jax.data import subsets, views  # noqa: E402
 from simclr_jax.models import load  # noqa: E402
 
 
@@ -56,10 +56,7 @@ KNOWN_DATASETS = {
 
 def dataset_facts(config, stage: str) -> tuple[int, int]:
   """(num_classes, num_train_examples) of the data a stage trains on, without reading images."""
-
-  dataset = config.data.dataset
-  if stages.get(stage).examples == 'labelled' and config.finetune.dataset:
-    dataset = config.finetune.dataset
+  dataset = subsets.stage_dataset(config, stages.get(stage))
   if dataset in KNOWN_DATASETS:
     return KNOWN_DATASETS[dataset]
 

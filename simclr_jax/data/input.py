@@ -74,8 +74,7 @@ def train_source(config: ml_collections.ConfigDict, stage) -> sources.Source:
   """The examples a stage trains on, labels hidden (-1) where it must not see them
   (`subsets.stage_subset`)."""
   data = config.data
-  source = load_source(config, data.train_split,
-                       config.finetune.dataset if stage.examples == 'labelled' else '')
+  source = load_source(config, data.train_split, subsets.stage_dataset(config, stage))
   split_labels = lambda: subsets.split_labels(
     data.dataset, data.train_split, folder=data.folder, data_dir=data.tfds_data_dir)
   examples, labelled = subsets.stage_subset(config, stage, split_labels)

@@ -62,6 +62,14 @@ def is_official_subset(dataset: str) -> bool:
   return dataset.startswith('imagenet2012_subset')
 
 
+def stage_dataset(config, stage) -> str:
+  """The dataset a stage trains on: `finetune.dataset` (e.g. an official subset), when set, for a
+  stage on the labelled examples; `data.dataset` otherwise."""
+  if stage.examples == 'labelled' and config.finetune.dataset:
+    return config.finetune.dataset
+  return config.data.dataset
+
+
 def stage_subset(
   config, stage, split_labels: Callable[[], np.ndarray]
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -73,7 +81,7 @@ def stage_subset(
   is called only when a subset is drawn here. The one rule for the host and device-resident data.
   """
   if stage.examples == 'labelled':
-    official = is_official_subset(config.finetune.dataset or config.data.dataset)
+    official = is_official_subset(stage_dataset(config, stage))
     return (None if official else finetune_subset(config, split_labels())), None
   if stage.labels != 'labelled':
     return None, None
