@@ -64,12 +64,18 @@ def test_image_folder_on_real_cifar10_photos():
 
 def test_host_sharding_is_disjoint_covering_and_strided():
   count = 3
+  whole = {int(x['index']): x for x in _examples(sources.load('demo', 'test'))}
   seen = []
   for index in range(count):
     source = sources.load('demo', 'test', process_index=index, process_count=count)
-    indices = [int(x['index']) for x in _examples(source)]
+    examples = _examples(source)
+    indices = [int(x['index']) for x in examples]
     assert len(indices) == source.num_host_examples
     assert all(i % count == index for i in indices)
+    for example in examples:  # Each host reads the file and label of the index it names.
+      expected = whole[int(example['index'])]
+      assert example['label'] == expected['label']
+      np.testing.assert_array_equal(example['image'], expected['image'])
     seen += indices
   assert sorted(seen) == list(range(200))
 

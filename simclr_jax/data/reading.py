@@ -1,21 +1,15 @@
-"""A host's share of a split (`Source`) and how it is read: in split order or as training
-epochs, decoded, and cached within the cache rule (sources.py builds Sources).
+"""A host's share of a split (`Source`, built by sources.py) and how it is read.
 
-  * `Source.ordered(cache)`: the share in split order (evaluation, features, plots);
-  * `Source.epochs(...)`: the training stream, each epoch a fresh permutation drawn from
-    (seed, host, epoch), with an 'epoch' field, from `start_example` on. Image folders and
-    cached shares are fully permuted: folders shuffle file paths (a resume skips paths and reads
-    nothing), a cached share is shuffled in memory (encoded examples before decoding). tfds
-    shard files are visited in a random order and read in windows of
-    ceil(shuffle_buffer / records per shard) files whose records are fully permuted; a resume
-    skips whole windows by arithmetic and reads at most one window (the shuffle buffer plus one
-    shard).
+`Source.ordered` gives the share in split order (evaluation, features, plots); `Source.epochs`
+the training stream from `start_example` on, epoch e a permutation drawn from (seed, host, e).
+Folders and cached shares are fully permuted (file indices, or references to cached tensors, are
+shuffled before decoding; a resume skips them without reading). tfds shard files are visited in
+a random order, in windows of ceil(shuffle_buffer / records per shard) files whose records are
+fully permuted; a resume skips whole windows by arithmetic and reads at most one.
 
-The cache rule (`cache=True` allows a cache): the decoded images (canvases) are cached when
-this host's share of them provably fits in `CACHE_RAM_FRACTION` of the host's RAM (known when
-the source's maps end on a fixed-size canvas, as the pipelines' do), else the encoded bytes when
-those fit (file sizes, tfds split bytes), else nothing; the decision is logged in one line. The
-stream is the same whatever is cached.
+The cache rule (`cache=True`): the decoded canvases are cached when this host's share of them
+fits in `CACHE_RAM_FRACTION` of its RAM, else the encoded bytes when those fit (file sizes, tfds
+split bytes), else nothing; the decision is logged once. The stream is the same either way.
 """
 
 import dataclasses
@@ -126,10 +120,10 @@ class Source:
   class_names: tuple[str, ...]
   host_indices: np.ndarray  # Indices (in the split) of this host's share, in split order.
   split_size: int  # Examples in the whole split.
-  # Items of the share in split order before reading: file paths of a folder, or examples of a
-  # tfds split read through tfds (mock data).
+  # Items of the share in split order before reading: {'index'} of a folder's files (`read`
+  # reads them), or examples of a tfds split read through tfds (mock data).
   items: Callable[[], tf.data.Dataset]
-  read: Callable[[dict], dict] | None = None  # item -> its 'encoded' bytes (item['path'] read)
+  read: Callable[[dict], dict] | None = None  # item -> its 'encoded' bytes and 'label' (files)
   decode: bool = True  # 'encoded' -> 'image' after reading.
   # Decode big JPEGs at reduced scale, keeping their shorter side >= this (0 = full size).
   min_decoded_side: int = 0
@@ -239,7 +233,7 @@ class Source:
     kind = self.cache_kind(cache)
     if self.shards is not None and not kind:
       return self._shard_epochs(seed, shuffle_buffer, first_epoch, skip, stop, process_index)
-    # Shuffled before decoding unless the decoded canvases are cached. File paths and cached
+    # Shuffled before decoding unless the decoded canvases are cached. Files' indices and cached
     # tensors (referenced, not copied) are cheap: the buffer holds the whole share, a full
     # permutation (image folders list classes in order). Examples read through tfds (mock data)
     # are not: a buffer of `shuffle_buffer`.
@@ -274,10 +268,10 @@ class Source:
     return dataset.apply(tf.data.experimental.assert_cardinality(self.num_host_examples))
 
   def _read(self, items: tf.data.Dataset) -> tf.data.Dataset:
-    """Items (file paths with label and index) -> the examples they name, through `read`."""
+    """Items (split indices of files) -> the examples they name, through `read`."""
     if self.read is None:
       return items
-    read = lambda item: {**{k: v for k, v in item.items() if k != 'path'}, **self.read(item)}
+    read = lambda item: {**item, **self.read(item)}
     return items.map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
   def _parse(self, records: tf.data.Dataset, whole_share: bool = True) -> tf.data.Dataset:

@@ -63,18 +63,20 @@ def from_folder(
                     len(listing.skipped))
   host_indices = np.arange(process_index, len(paths), process_count)
   host_paths = [paths[i] for i in host_indices]
-  positions = {
-    'path': tf.constant(host_paths, tf.string),
-    'label': tf.constant([labels[i] for i in host_indices], tf.int32),
-    'index': tf.constant(host_indices, tf.int64),
-  }
-  read = lambda item: {'encoded': tf.io.read_file(item['path'])}  # Keeps 'label', 'index'.
+  path_table = tf.constant(host_paths, tf.string)
+  label_table = tf.constant([labels[i] for i in host_indices], tf.int32)
+
+  def read(item: dict) -> dict:  # Items are split indices only: a shuffle buffer holds ints.
+    position = (item['index'] - process_index) // process_count  # In this host's share.
+    return {'encoded': tf.io.read_file(tf.gather(path_table, position)),
+            'label': tf.gather(label_table, position)}
+
   return Source(
     num_classes=len(class_names),
     class_names=class_names,
     host_indices=host_indices,
     split_size=len(paths),
-    items=lambda: tf.data.Dataset.from_tensor_slices(positions),
+    items=lambda: tf.data.Dataset.from_tensor_slices({'index': tf.constant(host_indices)}),
     read=read,
     decode=decode,
     min_decoded_side=min_decoded_side,
