@@ -198,3 +198,17 @@ def test_one_pixel_images_are_skipped_with_the_reason(tmp_path):
   assert source.num_examples == 1 and source.skipped_paths == (str(tmp_path / 'dot.png'),)
   verdict = next(v for k, v in image_check._verdicts.items() if k[0].endswith('dot.png'))
   assert verdict == '1x1 is under the 4 px minimum side (image_check.MIN_SIDE)'
+
+
+def test_a_long_check_logs_its_progress_and_eta(tmp_path, monkeypatch, caplog):
+  Image.fromarray(RGB).save(tmp_path / 'a.png')
+  for i in range(1, 600):
+    os.link(tmp_path / 'a.png', tmp_path / f'a{i:03d}.png')
+  monkeypatch.setattr(image_check, 'PROGRESS_MIN_FILES', 100)
+  monkeypatch.setattr(image_check, 'PROGRESS_EVERY_S', 0.0)  # Report after every chunk of 256.
+  caplog.set_level(logging.INFO)
+  assert sources.from_folder(str(tmp_path), 'train').num_examples == 600
+  progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith('Checked ')]
+  assert [m.split(' (')[0] for m in progress] == ['Checked 256 / 600 image files',
+                                                  'Checked 512 / 600 image files']
+  assert all(', ETA ' in m for m in progress)
