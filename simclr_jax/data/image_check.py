@@ -74,14 +74,15 @@ def find_unreadable(
 
   Each newly found bad file is logged (absl warning) with its path and reason.
   """
-  stats = [os.stat(path) for path in paths]
-  total_bytes = sum(stat.st_size for stat in stats)
+  # (size, mtime) pairs, not os.stat_result objects: 130 vs 680 bytes a file (ImageNet: 0.7 GB).
+  stats = [(stat.st_size, stat.st_mtime_ns) for stat in map(os.stat, paths)]
+  total_bytes = sum(size for size, _ in stats)
   full = total_bytes <= full_check_max_bytes
   if not full:
     logging.info('%d image files (%.1f GB) exceed %.1f GB: checking headers only; decode errors '
                  'are skipped by tf.data.', len(paths), total_bytes / 1e9,
                  full_check_max_bytes / 1e9)
-  keys = [(path, stat.st_size, stat.st_mtime_ns, full) for path, stat in zip(paths, stats)]
+  keys = [(path, size, mtime, full) for path, (size, mtime) in zip(paths, stats)]
   todo = [key for key in keys if key not in _verdicts]
   report = len(todo) > PROGRESS_MIN_FILES
   if report:
