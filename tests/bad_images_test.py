@@ -81,6 +81,7 @@ def test_good_images_decode_to_rgb_and_bad_ones_are_counted(class_folder, caplog
                          ('b', 'zero.jpg')))
   assert source.num_skipped == 4 and list(source.skipped_paths) == expected_bad
   assert source.num_examples == source.num_host_examples == len(GOOD)
+  assert source.encoded_bytes == sum(os.path.getsize(path) for path in expected_good)
   for path in expected_bad:
     assert any(path in record.getMessage() for record in caplog.records), path
 

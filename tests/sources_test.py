@@ -10,7 +10,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 import shared_paths
-from simclr_jax.data import sources
+from simclr_jax.data import folders, sources
 
 SHARED_CIFAR10 = str(shared_paths.CIFAR10)
 CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
@@ -65,6 +65,7 @@ def test_image_folder_on_real_cifar10_photos():
 def test_host_sharding_is_disjoint_covering_and_strided():
   count = 3
   whole = {int(x['index']): x for x in _examples(sources.load('demo', 'test'))}
+  paths = folders.list_readable(sources.demo_data_dir(), 'test').paths
   seen = []
   for index in range(count):
     source = sources.load('demo', 'test', process_index=index, process_count=count)
@@ -72,6 +73,7 @@ def test_host_sharding_is_disjoint_covering_and_strided():
     indices = [int(x['index']) for x in examples]
     assert len(indices) == source.num_host_examples
     assert all(i % count == index for i in indices)
+    assert source.encoded_bytes == sum(os.path.getsize(paths[i]) for i in indices)
     for example in examples:  # Each host reads the file and label of the index it names.
       expected = whole[int(example['index'])]
       assert example['label'] == expected['label']

@@ -98,6 +98,7 @@ def list_image_folder(root: str, split: str) -> tuple[list[str], list[int], list
 class Listing:
   paths: list[str]  # Readable images only, sorted: classes by name, then files by name.
   labels: list[int]
+  sizes: list[int]  # Bytes per file, as stat'ed by the check (no second stat per file).
   class_names: tuple[str, ...]
   skipped: dict[str, str]  # Unreadable image files -> why.
   fully_checked: bool  # Pixels decoded at listing (else headers only, see image_check.py).
@@ -108,7 +109,7 @@ def list_readable(
 ) -> Listing:
   """The images of root/<split>/<class>/* or of a flat folder, unreadable ones set aside."""
   paths, labels, class_names = list_image_folder(root, split)
-  skipped, fully_checked = image_check.find_unreadable(
+  skipped, fully_checked, sizes = image_check.find_unreadable(
     paths, full_check_max_bytes=full_check_max_bytes)
   if len(skipped) == len(paths):
     example, reason = next(iter(skipped.items()))
@@ -117,6 +118,6 @@ def list_readable(
       f'to decode (e.g. {example}: {reason}); fix the files or point data.folder elsewhere.'
     )
   if skipped:
-    labels = [label for path, label in zip(paths, labels) if path not in skipped]
-    paths = [path for path in paths if path not in skipped]
-  return Listing(paths, labels, tuple(class_names), skipped, fully_checked)
+    readable = [i for i, path in enumerate(paths) if path not in skipped]
+    paths, labels, sizes = ([values[i] for i in readable] for values in (paths, labels, sizes))
+  return Listing(paths, labels, sizes, tuple(class_names), skipped, fully_checked)

@@ -69,8 +69,9 @@ def _problem(path: str, size: int, full: bool) -> str:
 
 def find_unreadable(
   paths: Sequence[str], *, full_check_max_bytes: int = FULL_CHECK_MAX_BYTES
-) -> tuple[dict[str, str], bool]:
-  """({path: reason} of the files that cannot be trained on, whether pixels were decoded).
+) -> tuple[dict[str, str], bool, list[int]]:
+  """({path: reason} of the files that cannot be trained on, whether pixels were decoded, the
+  files' sizes in bytes).
 
   Each newly found bad file is logged (absl warning) with its path and reason.
   """
@@ -107,5 +108,6 @@ def find_unreadable(
         eta = (now - start) / done * (len(todo) - done)
         logging.info('Checked %d / %d image files (%.0f %%), ETA %.0f s.', done, len(todo),
                      100 * done / len(todo), eta)
-  return {key[0]: _verdicts[key] for key in keys if _verdicts[key]}, full
+  skipped = {key[0]: _verdicts[key] for key in keys if _verdicts[key]}
+  return skipped, full, [size for size, _ in stats]
 

@@ -9,7 +9,6 @@ Each host opens only its own files:
     may be shared with a neighbour; the records before the host's part are skipped there).
 """
 
-import os
 
 import numpy as np
 import tensorflow as tf
@@ -80,7 +79,7 @@ def from_folder(
     read=read,
     decode=decode,
     min_decoded_side=min_decoded_side,
-    encoded_bytes=sum(os.path.getsize(path) for path in host_paths),
+    encoded_bytes=sum(listing.sizes[i] for i in host_indices),
     name=f'{root}/{split}',
     skipped_paths=tuple(sorted(listing.skipped)),
     fully_checked=listing.fully_checked,
