@@ -159,17 +159,20 @@ class Source:
     """This host's examples in split order, nothing cached."""
     return self.ordered(cache=False)
 
+  def _split_mask(self, indices: np.ndarray) -> np.ndarray:
+    """bool [split_size], True at `indices`."""
+    mask = np.zeros([self.split_size], bool)
+    mask[indices] = True
+    return mask
+
   def restrict(self, indices: np.ndarray) -> 'Source':
     """Only the examples whose split index is in `indices` (each host keeps its own of them)."""
-    keep = np.zeros([self.split_size], bool)
-    keep[indices] = True
+    keep = self._split_mask(indices)
     return dataclasses.replace(self, keep=keep if self.keep is None else keep & self.keep)
 
   def hide_labels_outside(self, indices: np.ndarray) -> 'Source':
     """All examples, with label -1 except those whose split index is in `indices`."""
-    labelled = np.zeros([self.split_size], bool)
-    labelled[indices] = True
-    return dataclasses.replace(self, labelled=labelled)
+    return dataclasses.replace(self, labelled=self._split_mask(indices))
 
   def map(self, fn: Callable[[dict], dict]) -> 'Source':
     """The same source with `fn` applied to every (decoded) example; order is unchanged."""
