@@ -183,7 +183,8 @@ class Source:
     docstring)."""
     if not cache:
       return ''
-    budget = CACHE_RAM_FRACTION * host_ram_bytes()
+    ram = host_ram_bytes()
+    budget = CACHE_RAM_FRACTION * ram
     decoded_bytes = 0
     if self.decode:
       shape = self._decoded(self._encoded()).element_spec['image'].shape
@@ -198,7 +199,7 @@ class Source:
     amount = f'{size / 1e6:,.0f} MB' if size else 'size unknown'
     what = f'the {kind} images of this host ({amount}' if kind else f'nothing ({amount}'
     log_once(('cache', self.name, kind), 'data.cache for %s: caching %s; limit %.0f%% of %.0f GB '
-             'RAM).', self.name, what, 100 * CACHE_RAM_FRACTION, host_ram_bytes() / 1e9)
+             'RAM).', self.name, what, 100 * CACHE_RAM_FRACTION, ram / 1e9)
     return kind
 
   def ordered(self, cache: bool = False) -> tf.data.Dataset:
