@@ -10,7 +10,6 @@ intact step.
 """
 
 import json
-import os
 import time
 from typing import Any
 
@@ -20,15 +19,16 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
-from etils import epath
 from flax import traverse_util
 from jax.experimental import multihost_utils
+
+from simclr_jax import fs
 
 CHECKPOINT_SUBDIR = 'checkpoints'
 
 
 def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), CHECKPOINT_SUBDIR)
+  return fs.join(fs.absolute(workdir), CHECKPOINT_SUBDIR)
 
 
 def make_manager(workdir: str, *, keep: int, asynchronous: bool = True) -> ocp.CheckpointManager:
@@ -114,12 +114,12 @@ def _restore_step(manager: ocp.CheckpointManager, step: int, abstract_state: Any
 
 def _set_aside(manager: ocp.CheckpointManager, step: int) -> str:
   """Moves a damaged step out of the manager's sight, next to the checkpoints; never deletes."""
-  source = os.path.join(str(manager.directory), str(step))
-  target_dir = os.path.join(os.path.dirname(str(manager.directory)), DAMAGED_SUBDIR)
-  target = os.path.join(target_dir, f'{step}-{int(time.time())}')
+  source = fs.join(str(manager.directory), str(step))
+  target_dir = fs.join(fs.parent(str(manager.directory)), DAMAGED_SUBDIR)
+  target = fs.join(target_dir, f'{step}-{int(time.time())}')
   if jax.process_index() == 0:
-    epath.Path(target_dir).mkdir(parents=True, exist_ok=True)
-    epath.Path(source).rename(target)
+    fs.makedirs(target_dir)
+    fs.rename(source, target)
   if jax.process_count() > 1:  # Every host sees the step gone before looking again.
     multihost_utils.sync_global_devices(f'damaged checkpoint {step} set aside')
   manager.reload()
@@ -173,10 +173,10 @@ def restore_variables(workdir: str) -> tuple[Any, Any, dict[str, Any]]:
   model variables are read, never the optimizer state.
   """
   directory = checkpoint_dir(workdir)
-  if not os.path.isdir(directory):
-    names = os.listdir(workdir) if os.path.isdir(workdir) else []
-    stage_dirs = sorted(os.path.join(workdir, name) for name in names
-                        if os.path.isdir(checkpoint_dir(os.path.join(workdir, name))))
+  if not fs.isdir(directory):
+    names = fs.scan(workdir)[0] if fs.isdir(workdir) else []
+    stage_dirs = sorted(fs.join(workdir, name) for name in names
+                        if fs.isdir(checkpoint_dir(fs.join(workdir, name))))
     if stage_dirs:  # A run workdir was given where a stage workdir is needed.
       raise FileNotFoundError(
         f'{workdir} is a run workdir, not a stage workdir; pass one of its stages: '
@@ -191,7 +191,7 @@ def restore_variables(workdir: str) -> tuple[Any, Any, dict[str, Any]]:
     raise FileNotFoundError(
       f'{directory} holds no finished checkpoint; rerun the stage that writes it')
   # Restore as host NumPy arrays, whatever topology saved them (an imported or pod checkpoint).
-  state_dir = os.path.join(directory, str(step), 'state')
+  state_dir = fs.join(directory, str(step), 'state')
   tree = ocp.PyTreeCheckpointer().metadata(state_dir).item_metadata
   tree = getattr(tree, 'tree', tree)
   restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
@@ -220,7 +220,7 @@ def save_variables(
   save(manager, step, state, meta)
   manager.wait_until_finished()
   manager.close()
-  return os.path.join(checkpoint_dir(workdir), str(step))
+  return fs.join(checkpoint_dir(workdir), str(step))
 
 
 def merge_restored(

@@ -66,10 +66,10 @@ def parse_flags(argv: list[str]) -> list[str]:
   the traceback)."""
   path = _config_path(argv)
   if path is not None:
-    if not os.path.isfile(path):
+    if not os.path.isfile(path):  # local: a config is a Python module, imported from disk.
       sys.exit(f'error: --config={path}: no such file; pass a config file such as '
                'configs/demo.py (paths are relative to the current directory)')
-    root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(path)))  # local: as above.
     if root not in sys.path:
       sys.path.insert(0, root)
   try:
@@ -98,7 +98,7 @@ def native_stderr_to(path: str):
   """Sends what C++ code writes to file descriptor 2 into `path` while the block runs."""
   sys.stderr.flush()
   saved = os.dup(2)
-  with open(path, 'w') as sink:
+  with open(path, 'w') as sink:  # local: a temporary log of this process.
     os.dup2(sink.fileno(), 2)
     try:
       yield
@@ -109,7 +109,7 @@ def native_stderr_to(path: str):
 
 def has_tpu_chips() -> bool:
   """TPU chips on this machine (their device files: /dev/accel* on v2-v3, /dev/vfio on v4+)."""
-  return bool(glob.glob('/dev/accel*') or glob.glob('/dev/vfio/[0-9]*'))
+  return bool(glob.glob('/dev/accel*') or glob.glob('/dev/vfio/[0-9]*'))  # local: devices.
 
 
 def start_jax() -> list:

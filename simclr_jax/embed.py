@@ -9,7 +9,6 @@ augmentation), in dataset order, and writes `features` [num_examples, dim] float
 config supplies the data.
 """
 
-import os
 import sys
 
 import ml_collections
@@ -17,7 +16,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from simclr_jax import cli, evaluation, sharding
+from simclr_jax import cli, evaluation, fs, sharding
 from simclr_jax.data import input as data_input
 from simclr_jax.data import views
 from simclr_jax.errors import ConfigError
@@ -64,8 +63,9 @@ def main(argv: list[str], flag_values) -> None:
     if cli.verbose():
       raise
     sys.exit(f'error: {error}')  # One line (SIMCLR_VERBOSE=1 for the traceback).
-  os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-  np.savez(output, features=features, labels=labels)
+  fs.makedirs(fs.parent(fs.absolute(output)))
+  with fs.open(output, 'wb') as file:
+    np.savez(file, features=features, labels=labels)
   print(f'Wrote {output}: features {features.shape} float32, labels {labels.shape}')
 
 

@@ -18,8 +18,8 @@ Reading them back: `load_npz(OUTPUT)` -> (model, variables) for `model.apply(var
 train=False)`; `tf.saved_model.load(OUTPUT + '/saved_model').signatures['serving_default']`.
 """
 
+import io
 import json
-import os
 import sys
 from typing import Any
 
@@ -29,7 +29,7 @@ from absl import app, flags
 from flax import traverse_util
 from ml_collections import config_flags
 
-from simclr_jax import cli
+from simclr_jax import cli, fs
 from simclr_jax.models import load
 
 NPZ_FILE = 'model.npz'
@@ -60,26 +60,25 @@ def inference_model(config: ml_collections.ConfigDict, params: Any):
 
 def write_npz(output_dir: str, params: Any, batch_stats: Any, config_dict: dict) -> list[str]:
   """model.npz and config.json in `output_dir`; returns their paths."""
-  os.makedirs(output_dir, exist_ok=True)
-  npz_path = os.path.join(output_dir, NPZ_FILE)
-  np.savez(npz_path, **flatten_variables(params, batch_stats))
-  config_path = os.path.join(output_dir, CONFIG_FILE)
-  with open(config_path, 'w') as f:
-    json.dump(config_dict, f, indent=2)
+  fs.makedirs(output_dir)
+  npz_path = fs.join(output_dir, NPZ_FILE)
+  with fs.open(npz_path, 'wb') as file:
+    np.savez(file, **flatten_variables(params, batch_stats))
+  config_path = fs.join(output_dir, CONFIG_FILE)
+  fs.write_text(config_path, json.dumps(config_dict, indent=2))
   return [npz_path, config_path]
 
 
 def load_npz(output_dir: str):
   """(model, variables) from an export's model.npz and config.json."""
-  npz_path = os.path.join(output_dir, NPZ_FILE)
-  config_path = os.path.join(output_dir, CONFIG_FILE)
+  npz_path = fs.join(output_dir, NPZ_FILE)
+  config_path = fs.join(output_dir, CONFIG_FILE)
   for path in (npz_path, config_path):
-    if not os.path.exists(path):
+    if not fs.exists(path):
       raise FileNotFoundError(f'{path} does not exist; export with --format=npz or both first')
-  with np.load(npz_path) as arrays:
+  with np.load(io.BytesIO(fs.read_bytes(npz_path))) as arrays:
     variables = unflatten_variables({key: arrays[key] for key in arrays.files})
-  with open(config_path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = ml_collections.ConfigDict(json.loads(fs.read_text(config_path)))
   return inference_model(config, variables['params']), variables
 
 
@@ -121,7 +120,7 @@ def write_saved_model(
     return converted(tf_variables, images)
 
   module.serve = serve
-  directory = os.path.join(output_dir, SAVED_MODEL_DIR)
+  directory = fs.join(output_dir, SAVED_MODEL_DIR)
   tf.saved_model.save(module, directory, signatures={'serving_default': serve})
   return directory
 
@@ -167,7 +166,7 @@ def main(argv: list[str], flag_values) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   config, workdir, output, fmt, overwrite = (f.value for f in flag_values)
-  existing = sorted(os.listdir(output)) if os.path.isdir(output) else []
+  existing = fs.listdir(output) if fs.isdir(output) else []
   if existing and not overwrite:
     sys.exit(f'error: --output={output} already holds {", ".join(existing[:5])}; pass '
              '--overwrite to replace them, or choose another --output')

@@ -15,7 +15,6 @@ error lists everything that does not fit. See docs/IMPORT_TF2.md.
 
 import collections
 import dataclasses
-import os
 import re
 from typing import Any
 
@@ -24,7 +23,7 @@ from absl import app, flags
 from flax import traverse_util
 from ml_collections import config_flags
 
-from simclr_jax import checkpoints, cli
+from simclr_jax import checkpoints, cli, fs
 from simclr_jax.models import load, resnet
 
 _VALUE_ATTRIBUTE = 'VARIABLE_VALUE'
@@ -51,8 +50,8 @@ def _split_counter(name: str) -> tuple[str, int]:
 
 def read_variables(saved_model_dir: str) -> dict[str, np.ndarray]:
   """{Keras full_name: value} of every variable in `saved_model_dir/variables/`."""
-  prefix = os.path.join(saved_model_dir, 'variables', 'variables')
-  if not os.path.exists(prefix + '.index'):
+  prefix = fs.join(saved_model_dir, 'variables', 'variables')
+  if not fs.exists(prefix + '.index'):
     raise FileNotFoundError(
       f'{prefix}.index not found; --saved_model must be the saved_model/ folder of an official '
       'TF2 SimCLR export (the one holding variables/ and saved_model.pb)'
@@ -337,7 +336,7 @@ def import_saved_model(
   saved_model_dir: str, config, config_name: str = 'the config'
 ) -> tuple[Any, Any, dict[str, Any]]:
   """(params, batch_stats, info) of an official TF2 SavedModel, checked against `config`."""
-  source = os.path.abspath(saved_model_dir)
+  source = fs.absolute(saved_model_dir)
   return convert_variables(read_variables(saved_model_dir), config, source=source,
                            config_name=config_name)
 
@@ -347,7 +346,7 @@ def main(argv: list[str], flag_values) -> None:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   saved_model, config, workdir = (holder.value for holder in flag_values)
   directory = checkpoints.checkpoint_dir(workdir)
-  if os.path.isdir(directory) and os.listdir(directory):
+  if fs.isdir(directory) and fs.listdir(directory):
     raise ValueError(f'{directory} already holds checkpoints; import into a new stage workdir '
                      '(or delete that one)')
   params, batch_stats, info = import_saved_model(

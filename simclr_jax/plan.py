@@ -20,7 +20,6 @@ program, but step times are lower bounds (no communication, no input stalls, no 
 import dataclasses
 import json
 import math
-import os
 import re
 import sys
 import time
@@ -36,7 +35,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from simclr_jax import cli, evaluation, run, sharding, stages, train, validation  # noqa: E402
+from simclr_jax import cli, evaluation, fs, run, sharding, stages, train, validation  # noqa: E402
 from simclr_jax.data import input as data_input  # noqa: E402
 from simclr_jax.data import subsets, views  # noqa: E402
 from simclr_jax.models import load  # noqa: E402
@@ -345,15 +344,15 @@ def main(argv: list[str], flag_values) -> None:
 
   config, accelerator_type, topology, out, max_fix_compiles = (
     holder.value for holder in flag_values)
-  default_out = os.path.join('workdirs', 'plans', f'{config.name}-{accelerator_type}.json')
+  default_out = fs.join('workdirs', 'plans', f'{config.name}-{accelerator_type}.json')
   out = out or default_out
   try:
     plan = make_plan(config, accelerator_type, topology, max_fix_compiles,
                      log=lambda line: print(line, file=sys.stderr, flush=True))
   except (PlanError, validation.ConfigError, FileNotFoundError) as error:
     sys.exit(f'error: {error}')
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  with open(out, 'w') as file:
+  fs.makedirs(fs.parent(fs.absolute(out)))
+  with fs.open(out, 'w') as file:
     json.dump(plan, file, indent=2)
   print(f'\n{config.name} on {accelerator_type} ({plan["topology"]}), per device; HBM in GiB:')
   print(table(plan['stages']))

@@ -13,7 +13,6 @@ by the layout (inches x DPI, no tight bounding box):
 
 import io
 import math
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,6 +21,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
+from simclr_jax import fs
 
 DPI = 100
 CELL_INCHES = 1.5
@@ -54,17 +55,8 @@ def _new_figure(width_inches: float, height_inches: float) -> Figure:
 def _save(figure: Figure, path: str) -> str:
   buffer = io.BytesIO()
   figure.savefig(buffer, format='png', dpi=DPI)
-  directory = os.path.dirname(path)
-  if '://' in path:  # GCS and other remote workdirs.
-    import tensorflow as tf  # Local: only remote paths need it.
-
-    tf.io.gfile.makedirs(directory)
-    with tf.io.gfile.GFile(path, 'wb') as f:
-      f.write(buffer.getvalue())
-  else:
-    os.makedirs(directory or '.', exist_ok=True)
-    with open(path, 'wb') as f:
-      f.write(buffer.getvalue())
+  fs.makedirs(fs.parent(path) or '.')
+  fs.write_bytes(path, buffer.getvalue())
   return path
 
 

@@ -6,7 +6,6 @@ path, as its registry entry says (`stages.Restore`): finetune from `finetune.ini
 workdir/pretrain), distill's teacher from `distill.teacher_workdir` (default workdir/finetune).
 """
 
-import os
 from typing import Any
 
 import jax
@@ -14,7 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from simclr_jax import checkpoints, stages, train, validation, visualize
+from simclr_jax import checkpoints, fs, stages, train, validation, visualize
 from simclr_jax import workdir as workdir_lib
 from simclr_jax.data import input as data_input
 from simclr_jax.data import resident
@@ -27,7 +26,7 @@ def stage_config(config: ml_collections.ConfigDict, stage: str) -> ml_collection
 
 
 def stage_workdir(workdir: str, stage: str) -> str:
-  return os.path.join(workdir, stage)
+  return fs.join(workdir, stage)
 
 
 def _is_complete(directory: str) -> bool:

@@ -18,7 +18,6 @@ through `stop_gradient`, so their gradients are zero and no backward pass runs t
 """
 
 import dataclasses
-import os
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -26,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from simclr_jax import losses
+from simclr_jax import fs, losses
 from simclr_jax.sharding import DATA_AXIS
 
 LossFn = Callable[[Any, Any, dict[str, jax.Array], Any], tuple[jax.Array, tuple[Any, dict]]]
@@ -262,7 +261,7 @@ class Restore:
   def source(self, config: ml_collections.ConfigDict, workdir: str) -> str:
     """The stage workdir to read ('' = none)."""
     stage = self.run_stage(config)
-    return os.path.join(workdir, stage) if stage else self.value(config)
+    return fs.join(workdir, stage) if stage else self.value(config)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,10 +20,10 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from etils import epath
 from clu import parameter_overview
 
-from simclr_jax import checkpoints, evaluation, optim, progress, sharding, stages, validation
+from simclr_jax import (checkpoints, evaluation, fs, optim, progress, sharding, stages,
+                        validation)
 from simclr_jax import workdir as workdir_lib
 from simclr_jax.data import input as data_input
 from simclr_jax.data import views
@@ -245,7 +245,7 @@ def train_and_evaluate(
   finally:
     watcher.close()
     manager.wait_until_finished()  # A save in flight when an error stops the loop completes.
-  manager.wait_until_finished()
+    workdir_lib.merge_metrics(workdir)  # gs://: this segment's lines into metrics.jsonl.
 
   results: dict[str, Any] = {'stage': stage, 'steps': total_steps,
                              'epochs': total_steps / steps_per_epoch}
@@ -265,17 +265,18 @@ def train_and_evaluate(
     if knn and config.knn.enabled:
       final['knn_top1'] = results['knn_top1'] = knn(state)
     log(total_steps, final)
+    workdir_lib.merge_metrics(workdir)
   results['wall_time_s'] = earlier_segments_s + time.time() - start_time  # All segments.
   results['resumed_from_step'] = start_step
   results['restored_from'] = init.source
   results['config'] = json.loads(config.to_json_best_effort())
   writer.flush()
   if jax.process_index() == 0:
-    (epath.Path(workdir) / RESULTS_FILE).write_text(json.dumps(results, indent=2))
+    fs.write_text(fs.join(workdir, RESULTS_FILE), json.dumps(results, indent=2))
   if on_done is not None:
     on_done(config, workdir, sharding.to_host(
       {'params': state.params, 'batch_stats': state.batch_stats}, mesh))
-  logging.info('%s: done; results in %s.', stage, epath.Path(workdir) / RESULTS_FILE)
+  logging.info('%s: done; results in %s.', stage, fs.join(workdir, RESULTS_FILE))
   return results
 
 
@@ -318,7 +319,7 @@ def _write_parameter_table(params: Any, workdir: str) -> None:
                len(jax.tree.leaves(params)), workdir)
   if jax.process_index() == 0:
     table = parameter_overview.get_parameter_overview(params, include_stats=False)
-    (epath.Path(workdir) / 'parameters.txt').write_text(table + '\n')
+    fs.write_text(fs.join(workdir, 'parameters.txt'), table + '\n')
 
 
 def _flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:

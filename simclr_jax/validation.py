@@ -3,7 +3,6 @@
 Each problem is one line that names the field, the bad value and the fix, raised as ConfigError.
 """
 
-import os
 import re
 
 import ml_collections
@@ -12,7 +11,7 @@ import ml_collections
 from simclr_jax.data.folders import IMAGE_EXTENSIONS
 from simclr_jax.errors import ConfigError  # Also validation.ConfigError, as before.
 from simclr_jax.optim import OPTIMIZERS
-from simclr_jax import stages
+from simclr_jax import fs, stages
 
 SUPPORTED_DEPTHS = (18, 34, 50, 101, 152, 200)
 LR_SCALINGS = ('linear', 'sqrt')
@@ -25,7 +24,7 @@ def _require(condition: bool, message: str) -> None:
 
 
 def _has_images(folder: str) -> bool:
-  for _, _, files in os.walk(folder):
+  for _, _, files in fs.walk(folder):
     if any(f.lower().endswith(IMAGE_EXTENSIONS) for f in files):
       return True
   return False
@@ -47,7 +46,7 @@ def validate_data(data: ml_collections.ConfigDict, model: ml_collections.ConfigD
       "data.folder is empty but data.dataset='folder'; set --config.data.folder=/path/to/images",
     )
     _require(
-      os.path.isdir(data.folder),
+      fs.isdir(data.folder),
       f'data.folder={data.folder!r} does not exist; point it at root/<split>/<class>/*.jpg '
       'or a flat folder of images',
     )
@@ -198,8 +197,8 @@ def validate_train(train: ml_collections.ConfigDict, num_devices: int, num_proce
 
 
 def _has_checkpoints(workdir: str) -> bool:
-  directory = os.path.join(workdir, 'checkpoints')
-  return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+  directory = fs.join(workdir, 'checkpoints')
+  return fs.isdir(directory) and any(name.isdigit() for name in fs.scan(directory)[0])
 
 
 def stage_list(config: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -214,10 +213,9 @@ def stage_list(config: ml_collections.ConfigDict) -> tuple[str, ...]:
 def check_labels(config: ml_collections.ConfigDict) -> None:
   """Stages that need labels, on a flat folder of unlabeled images: refused before any runs."""
   data = config.data
-  if data.dataset != 'folder' or not data.folder or not os.path.isdir(data.folder):
+  if data.dataset != 'folder' or not data.folder or not fs.isdir(data.folder):
     return
-  flat = not os.path.isdir(os.path.join(data.folder, data.train_split)) and not any(
-    os.path.isdir(os.path.join(data.folder, name)) for name in os.listdir(data.folder))
+  flat = not fs.scan(data.folder)[0]
   needs_labels = [name for name in stage_list(config)
                   if name in stages.REGISTRY and stages.get(name).uses_labels(config)]
   _require(not (flat and needs_labels),

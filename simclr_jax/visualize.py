@@ -16,7 +16,6 @@ checkpoint, no metrics) is skipped with a log line. The model architecture is th
 with the checkpoint; the config supplies the data and the seed.
 """
 
-import os
 from typing import Any
 
 import jax
@@ -24,10 +23,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
-from etils import epath
 from ml_collections import config_flags
 
-from simclr_jax import cli, evaluation, plots, sharding, stages
+from simclr_jax import cli, evaluation, fs, plots, sharding, stages
 from simclr_jax import workdir as workdir_lib
 from simclr_jax.data import input as data_input
 from simclr_jax.data import views as views_lib
@@ -153,7 +151,7 @@ def tsne_embedding(features: np.ndarray, seed: int = 0) -> np.ndarray:
 
 
 def plots_dir(workdir: str) -> str:
-  return os.path.join(workdir, PLOTS_SUBDIR)
+  return fs.join(workdir, PLOTS_SUBDIR)
 
 
 def render_stage_plots(
@@ -180,10 +178,10 @@ def render_stage_plots(
     originals, views_1, views_2, titles, description = augmentation_views(config, stage,
                                                                           num_images)
     written.append(plots.augmentation_grid(
-      originals, views_1, views_2, os.path.join(out, 'augmentations.png'), titles=titles,
+      originals, views_1, views_2, fs.join(out, 'augmentations.png'), titles=titles,
       suptitle=description))
   if 'tsne' in which:
-    has_checkpoint = variables is not None or (epath.Path(stage_workdir) / 'checkpoints').exists()
+    has_checkpoint = variables is not None or fs.exists(fs.join(stage_workdir, 'checkpoints'))
     if not has_checkpoint:
       logging.info('%s: no checkpoints/; t-SNE skipped.', stage_workdir)
     elif variables is None and jax.process_count() > 1:
@@ -196,12 +194,12 @@ def render_stage_plots(
       else:
         points = tsne_embedding(features, seed=config.seed)
         written.append(plots.tsne_scatter(
-          points, labels, os.path.join(out, 'tsne.png'), class_names=class_names,
+          points, labels, fs.join(out, 'tsne.png'), class_names=class_names,
           title=f'{stage}: t-SNE of encoder features, {len(points)} {config.data.eval_split} '
                 'images'))
   if 'curves' in which:
     path = plots.training_curves(workdir_lib.read_metrics(stage_workdir),
-                                 os.path.join(out, 'curves.png'), title=f'{stage}: {stage_workdir}')
+                                 fs.join(out, 'curves.png'), title=f'{stage}: {stage_workdir}')
     if path is None:
       logging.info('%s: no metrics in %s; curves skipped.', stage_workdir, workdir_lib.METRICS_FILE)
     else:
@@ -246,7 +244,7 @@ def render_run_plots(
     known = [stages.get(name) for name in accuracies if name in stages.REGISTRY]
     note = '; '.join(f'{stage.name}: {stage.top1_note}' for stage in known if stage.top1_note)
     baseline = next((stage.name for stage in known if stage.baseline), '')
-    written.append(plots.stage_bars(accuracies, os.path.join(plots_dir(workdir), 'stage_top1.png'),
+    written.append(plots.stage_bars(accuracies, fs.join(plots_dir(workdir), 'stage_top1.png'),
                                     title=f'eval top-1 per stage: {workdir}', note=note,
                                     baseline=baseline))
   return written

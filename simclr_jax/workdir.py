@@ -15,7 +15,6 @@
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import threading
@@ -25,11 +24,10 @@ from typing import Any
 import jax
 import ml_collections
 from absl import logging
-from etils import epath
 from flax import traverse_util
 from jax.experimental import multihost_utils
 
-from simclr_jax import stages, validation
+from simclr_jax import fs, stages, validation
 
 CONFIG_FILE = 'config.json'
 METRICS_FILE = 'metrics.jsonl'
@@ -65,48 +63,43 @@ def _alive(pid: int) -> bool:
 def lock(workdir: str):
   """Holds workdir/.lock while the block runs: a second run on the same workdir is refused.
 
-  The lock file is created atomically (O_EXCL) and names its host and pid; a lock left by a
-  process of this host that no longer exists is stale and taken over. Only process 0 locks (the
-  other hosts of a pod share its workdir). On gs:// there is no atomic create-if-absent through
-  a file API, so nothing is locked there: launch/tpu_vm.sh refuses to start a second job on a
-  slice whose workers still run one (its pid file), which covers pods.
+  The lock file is created atomically (`fs.create_new`: O_EXCL on a disk, a generation
+  precondition on gs://) and names its host and pid; a lock left by a process of this host that
+  no longer exists is stale and taken over. Only process 0 locks (the other hosts of a pod share
+  its workdir).
   """
-  if '://' in workdir or jax.process_index() != 0:
+  if jax.process_index() != 0:
     yield
     return
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, LOCK_FILE)
+  fs.makedirs(workdir)
+  path = fs.join(workdir, LOCK_FILE)
   me = {'host': socket.gethostname(), 'pid': os.getpid(), 'since': time.strftime('%F %T')}
-  for _ in range(2):
+  mine = json.dumps(me)
+  for attempt in range(3):
+    if fs.create_new(path, mine):
+      break
     try:
-      descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-      try:
-        with open(path) as file:
-          holder = json.load(file)
-      except (OSError, ValueError):
-        holder = {}
-      pid, host = holder.get('pid'), holder.get('host')
-      if host == me['host'] and isinstance(pid, int) and not _alive(pid):
+      held = fs.read_text(path)
+      holder = json.loads(held)
+    except (FileNotFoundError, ValueError):  # Released meanwhile, or half-written.
+      held, holder = '', {}
+    pid, host = holder.get('pid'), holder.get('host')
+    stale = host == me['host'] and isinstance(pid, int) and not _alive(pid)
+    if attempt < 2 and (stale or not held):
+      if stale:
         logging.warning('Removing the stale lock of pid %d (no longer running) in %s.', pid,
                         workdir)
-        with contextlib.suppress(FileNotFoundError):
-          os.remove(path)
-        continue
-      raise validation.ConfigError(
-        f'workdir {workdir!r} is in use by pid {pid} on {host} (since {holder.get("since")}); '
-        f'wait for it or stop it, or use another --workdir (if that process is gone, delete {path})'
-      ) from None
-    with os.fdopen(descriptor, 'w') as file:
-      json.dump(me, file)
-    break
+        fs.remove_if_unchanged(path, held)
+      continue
+    raise validation.ConfigError(
+      f'workdir {workdir!r} is in use by pid {pid} on {host} (since {holder.get("since")}); '
+      f'wait for it or stop it, or use another --workdir (if that process is gone, delete {path})'
+    )
   try:
     yield
   finally:
     with contextlib.suppress(OSError, ValueError):
-      with open(path) as file:
-        if json.load(file).get('pid') == me['pid']:
-          os.remove(path)
+      fs.remove_if_unchanged(path, mine)
 
 
 class Preempted(Exception):
@@ -114,21 +107,11 @@ class Preempted(Exception):
 
 
 def check_writable(workdir: str) -> None:
-  """Fails early, in one line, when the workdir cannot hold checkpoints."""
-  if '://' in workdir:  # gs:// and other remote paths: orbax/tensorstore checks them.
-    return
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f'.write_test_{os.getpid()}')
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
-  except OSError as error:
-    raise validation.ConfigError(
-      f'workdir {workdir!r} is not writable ({error.strerror}); pass --workdir=A_WRITABLE_DIR'
-    ) from None
-  free = shutil.disk_usage(workdir).free
-  if free < MIN_FREE_BYTES:
+  """Fails early, in one line, when the workdir cannot hold checkpoints (a probe file is written
+  and deleted: on gs:// a missing bucket, no permission or no credentials are named)."""
+  fs.check_writable(workdir)
+  free = fs.free_bytes(workdir)
+  if free is not None and free < MIN_FREE_BYTES:
     raise validation.ConfigError(
       f'workdir {workdir!r} has only {free / 2**20:.0f} MiB free (need at least '
       f'{MIN_FREE_BYTES / 2**20:.0f} MiB for checkpoints); free space or use another --workdir'
@@ -152,10 +135,10 @@ def check_same_run(
   `finished`: the workdir holds a completed stage, which would otherwise be silently reused.
   `stage`: the settings of the stages after it (say, distill's for pretrain) do not count.
   """
-  path = epath.Path(workdir) / CONFIG_FILE
+  path = fs.join(workdir, CONFIG_FILE)
   current = json.loads(config.to_json_best_effort())
-  if path.exists():
-    saved = _defining_fields(json.loads(path.read_text()), stage)
+  if fs.exists(path):
+    saved = _defining_fields(json.loads(fs.read_text(path)), stage)
     now = _defining_fields(current, stage)
     differing = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
     if differing and not config.train.allow_config_change:
@@ -171,12 +154,15 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Records the run's config: called when the first step is about to run, so a start that
   failed before (data not found, a wrong split) leaves nothing that a corrected rerun clashes
   with."""
-  path = epath.Path(workdir) / CONFIG_FILE
+  path = fs.join(workdir, CONFIG_FILE)
   current = json.loads(config.to_json_best_effort())
-  if jax.process_index() == 0:  # Atomic: other hosts may be reading it.
-    temporary = epath.Path(str(path) + f'.tmp{os.getpid()}')
-    temporary.write_text(json.dumps(current, indent=2))
-    temporary.replace(path)
+  if jax.process_index() == 0:  # Whole: other hosts may be reading it.
+    if fs.is_remote(path):  # An object appears complete or not at all.
+      fs.write_text(path, json.dumps(current, indent=2))
+    else:
+      temporary = f'{path}.tmp{os.getpid()}'
+      fs.write_text(temporary, json.dumps(current, indent=2))
+      fs.replace(temporary, path)
 
 
 class PreemptionWatcher:
@@ -221,37 +207,79 @@ class PreemptionWatcher:
 
 
 def read_results(stage_workdir: str) -> dict[str, Any] | None:
-  path = epath.Path(stage_workdir) / RESULTS_FILE
-  return json.loads(path.read_text()) if path.exists() else None
+  path = fs.join(stage_workdir, RESULTS_FILE)
+  return json.loads(fs.read_text(path)) if fs.exists(path) else None
+
+
+METRICS_PARTS = 'metrics.jsonl.parts'  # gs:// only: lines not yet merged into metrics.jsonl.
+METRICS_FLUSH_S = 120.0  # gs://: pending lines are written as one new part object this often.
+_pending: dict[str, list[str]] = {}  # gs:// stage workdir -> lines not yet written.
+_last_flush: dict[str, float] = {}
 
 
 def append_metrics(stage_workdir: str, record: dict[str, Any]) -> None:
   """One JSON line in metrics.jsonl (process 0 only): easy to read and plot.
 
-  Appended on a local disk. Object stores (gs://) cannot append to an object: there the file is
-  read and rewritten whole each time (logs are small: a 100k-step run at log_every_steps=100 is
-  ~0.5 MB), which is what a GCS "append" costs in any client.
+  Appended on a local disk. An object store cannot append, and rewriting the whole file at every
+  log step would cost more the longer the run: on gs:// the lines are kept and written every
+  METRICS_FLUSH_S as one new object under metrics.jsonl.parts/ (a constant cost per write);
+  `merge_metrics` folds them into metrics.jsonl once per run segment (stage end, preemption or
+  error). `read_metrics` reads both, so the readers see one history.
   """
   if jax.process_index() != 0:
     return
   line = json.dumps({k: (int(v) if k == 'step' else float(v)) for k, v in record.items()})
-  if '://' not in stage_workdir:
-    with open(os.path.join(stage_workdir, METRICS_FILE), 'a') as f:
-      f.write(line + '\n')
+  if not fs.is_remote(stage_workdir):
+    fs.append_text(fs.join(stage_workdir, METRICS_FILE), line + '\n')
     return
-  path = epath.Path(stage_workdir) / METRICS_FILE
-  previous = path.read_text() if path.exists() else ''
-  path.write_text(previous + line + '\n')
+  _pending.setdefault(stage_workdir, []).append(line)
+  now = time.monotonic()
+  if now - _last_flush.setdefault(stage_workdir, now) >= METRICS_FLUSH_S:
+    flush_metrics(stage_workdir)
+
+
+def flush_metrics(stage_workdir: str) -> None:
+  """gs://: the pending lines as one new object metrics.jsonl.parts/<ms since epoch>.jsonl."""
+  lines = _pending.pop(stage_workdir, [])
+  _last_flush[stage_workdir] = time.monotonic()
+  if lines:
+    name = f'{time.time_ns() // 10**6:015d}.jsonl'  # Sorts in write order.
+    fs.write_text(fs.join(stage_workdir, METRICS_PARTS, name), '\n'.join(lines) + '\n')
+
+
+def merge_metrics(stage_workdir: str) -> None:
+  """gs://: pending lines and parts appended to metrics.jsonl (rewritten once), parts deleted.
+
+  Once per run segment, so rewrites grow with the number of resumes, not of log steps.
+  """
+  if jax.process_index() != 0 or not fs.is_remote(stage_workdir):
+    return
+  flush_metrics(stage_workdir)
+  parts = _metric_parts(stage_workdir)
+  if not parts:
+    return
+  path = fs.join(stage_workdir, METRICS_FILE)
+  text = fs.read_text(path) if fs.exists(path) else ''
+  fs.write_text(path, text + ''.join(fs.read_text(part) for part in parts))
+  for part in parts:
+    fs.remove(part)
+
+
+def _metric_parts(stage_workdir: str) -> list[str]:
+  folder = fs.join(stage_workdir, METRICS_PARTS)
+  if not fs.is_remote(stage_workdir) or not fs.isdir(folder):
+    return []
+  return [fs.join(folder, name) for name in fs.scan(folder)[1]]
 
 
 def read_metrics(stage_workdir: str) -> list[dict[str, Any]]:
-  """The records of metrics.jsonl ([] if absent); an unreadable line (a write cut short by a
-  preemption) is skipped and counted in the log."""
-  path = epath.Path(stage_workdir) / METRICS_FILE
-  if not path.exists():
-    return []
+  """The records of metrics.jsonl and of any parts not yet merged ([] if none); an unreadable
+  line (a write cut short by a preemption) is skipped and counted in the log."""
+  path = fs.join(stage_workdir, METRICS_FILE)
+  texts = [fs.read_text(path)] if fs.exists(path) else []
+  texts += [fs.read_text(part) for part in _metric_parts(stage_workdir)]
   records, bad = [], 0
-  for line in filter(str.strip, path.read_text().splitlines()):
+  for line in filter(str.strip, '\n'.join(texts).splitlines()):
     try:
       records.append(json.loads(line))
     except json.JSONDecodeError:
@@ -262,27 +290,24 @@ def read_metrics(stage_workdir: str) -> list[dict[str, Any]]:
 
 
 def is_stage_workdir(path: str) -> bool:
-  return any((epath.Path(path) / name).exists()
-             for name in ('checkpoints', METRICS_FILE, RESULTS_FILE))
+  return any(fs.exists(fs.join(path, name)) for name in ('checkpoints', METRICS_FILE, RESULTS_FILE))
 
 
 def stage_name(stage_workdir: str) -> str:
   """The stage a workdir holds: results.json's `stage`, else the folder name if it is a stage."""
   results = read_results(stage_workdir) or {}
-  name = os.path.basename(os.path.normpath(stage_workdir))
+  name = fs.name(stage_workdir)
   return results.get('stage') or (name if name in stages.REGISTRY else stages.STAGES[0])
 
 
 def find_stage_workdirs(workdir: str) -> dict[str, str]:
   """{stage: stage workdir}: the workdir itself if it is one, else its stage subfolders, in
   pipeline order (the registry's), then any others."""
-  root = epath.Path(workdir)
-  if not root.exists():
+  if not fs.exists(workdir):
     raise FileNotFoundError(f'--workdir={workdir} does not exist; pass a run or stage workdir')
   if is_stage_workdir(workdir):
     return {stage_name(workdir): workdir}
-  names = sorted(child.name for child in root.iterdir() if child.is_dir())
-  found = {name: os.path.join(workdir, name) for name in names
-           if is_stage_workdir(os.path.join(workdir, name))}
+  found = {name: fs.join(workdir, name) for name in fs.scan(workdir)[0]
+           if is_stage_workdir(fs.join(workdir, name))}
   order = {stage: rank for rank, stage in enumerate(stages.STAGES)}
   return dict(sorted(found.items(), key=lambda item: (order.get(item[0], len(order)), item[0])))

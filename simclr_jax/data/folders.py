@@ -6,11 +6,11 @@ The one listing, unreadable files set aside (image_check.py), shared by the tf.d
 """
 
 import dataclasses
-import os
 import pathlib
 
 from absl import logging
 
+from simclr_jax import fs
 from simclr_jax.data import image_check
 from simclr_jax.errors import ConfigError
 
@@ -34,16 +34,12 @@ def local_root(dataset: str, folder: str = '') -> str | None:
   return None
 
 
-def _is_image(path: str) -> bool:
-  return os.path.isfile(path) and path.lower().endswith(IMAGE_EXTENSIONS)
-
-
 def images_in(folder: str) -> list[str]:
-  return sorted(name for name in os.listdir(folder) if _is_image(os.path.join(folder, name)))
+  return [name for name in fs.scan(folder)[1] if name.lower().endswith(IMAGE_EXTENSIONS)]
 
 
 def subfolders(folder: str) -> list[str]:
-  return sorted(n for n in os.listdir(folder) if os.path.isdir(os.path.join(folder, n)))
+  return fs.scan(folder)[0]
 
 
 def list_image_folder(root: str, split: str) -> tuple[list[str], list[int], list[str]]:
@@ -51,13 +47,13 @@ def list_image_folder(root: str, split: str) -> tuple[list[str], list[int], list
 
   Order: classes sorted by name, files sorted by name within a class.
   """
-  if not os.path.isdir(root):
+  if not fs.isdir(root):
     raise ConfigError(
       f'data.folder={root!r} does not exist; set data.folder to a folder of images '
       '(root/<split>/<class>/*.png|jpg, or a flat folder of unlabeled images).'
     )
-  split_dir = os.path.join(root, split)
-  if not os.path.isdir(split_dir):
+  split_dir = fs.join(root, split)
+  if not fs.isdir(split_dir):
     if images_in(root) and not subfolders(root):
       logging.info('data.folder=%r is a flat folder of unlabeled images; split %r ignored.', root,
                    split)
@@ -72,19 +68,19 @@ def list_image_folder(root: str, split: str) -> tuple[list[str], list[int], list
   # missing from one split does not shift the ids of the others.
   class_names = subfolders(split_dir)
   if class_names and split_dir != root:
-    every_split = [os.path.join(root, s) for s in subfolders(root)]
+    every_split = [fs.join(root, s) for s in subfolders(root)]
     class_names = sorted({c for s in every_split for c in subfolders(s)})
   paths: list[str] = []
   labels: list[int] = []
   if class_names:
     for label, name in enumerate(class_names):
-      class_dir = os.path.join(split_dir, name)
-      if os.path.isdir(class_dir):
+      class_dir = fs.join(split_dir, name)
+      if fs.isdir(class_dir):
         files = images_in(class_dir)
-        paths += [os.path.join(class_dir, f) for f in files]
+        paths += [fs.join(class_dir, f) for f in files]
         labels += [label] * len(files)
   else:
-    paths = [os.path.join(split_dir, f) for f in images_in(split_dir)]
+    paths = [fs.join(split_dir, f) for f in images_in(split_dir)]
     labels = [-1] * len(paths)
   if not paths:
     raise ConfigError(

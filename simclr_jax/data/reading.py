@@ -54,7 +54,7 @@ def host_ram_bytes() -> int:
   total = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
   for limit_file in ('/sys/fs/cgroup/memory.max', '/sys/fs/cgroup/memory/memory.limit_in_bytes'):
     try:
-      with open(limit_file) as f:
+      with open(limit_file) as f:  # local: a kernel file, not a user path.
         value = f.read().strip()
     except OSError:
       continue

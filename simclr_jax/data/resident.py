@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from simclr_jax import fs
 from simclr_jax.data import folders, subsets
 
 _SHUFFLE = 1  # Purpose folded into the root key (as reading.SHUFFLE_PURPOSE).
@@ -57,7 +58,7 @@ def load_folder(root: str, split: str) -> HostSplit:
   paths, labels, class_names = listing.paths, listing.labels, listing.class_names
   images = []
   for path in paths:
-    with Image.open(path) as image:
+    with fs.open(path, 'rb') as file, Image.open(file) as image:
       array = np.asarray(image.convert('RGB'), dtype=np.uint8)  # Gray/RGBA -> RGB, as sources.
     if images and array.shape != images[0].shape:
       raise ValueError(f'{path} is {array.shape[:2]}, not {images[0].shape[:2]} like {paths[0]}; '

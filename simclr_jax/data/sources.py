@@ -15,6 +15,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
+from simclr_jax import fs
 from simclr_jax.data import folders, image_check, reading
 from simclr_jax.errors import ConfigError
 
@@ -106,7 +107,7 @@ def _host_shards(split_info, start: int, end: int, parse) -> reading.Shards | No
     instructions = split_info.file_instructions
   except Exception:  # noqa: BLE001 - any tfds layout we cannot read directly.
     return None
-  if not instructions or not tf.io.gfile.exists(instructions[0].filename):
+  if not instructions or not fs.exists(instructions[0].filename):
     return None
   filenames, skips, takes, starts = [], [], [], []
   position = 0
