@@ -28,6 +28,11 @@ from etils import epath
 from simclr_jax.errors import ConfigError
 
 REMOTE_PREFIX = 'gs://'
+# TensorFlow's GCS client caches a file's metadata for 5 s by default; but a run's objects are
+# written by several hosts and by two clients (tensorstore for arrays, the lock): a cached stat
+# hides another writer's object, or its deletion, for those seconds. Read when the client is
+# first used, so it is set at import (an explicit setting of the user's is kept).
+os.environ.setdefault('GCS_STAT_CACHE_MAX_AGE', '0')
 
 
 class PathError(ConfigError):

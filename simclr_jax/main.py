@@ -69,6 +69,7 @@ def main(argv: list[str], flag_values) -> None:
                jax.process_count(), jax.device_count(), jax.devices()[0].platform, workdir)
   try:
     validation.validate_config(config, jax.device_count(), jax.process_count())
+    workdir_lib.check_writable(workdir)  # Before any compile: a bucket missing or read-only.
     with workdir_lib.lock(workdir):
       all_results = run.run_stages(config, workdir)
   except (validation.ConfigError, FileNotFoundError) as error:

@@ -13,6 +13,7 @@
 """
 
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -211,10 +212,11 @@ def read_results(stage_workdir: str) -> dict[str, Any] | None:
   return json.loads(fs.read_text(path)) if fs.exists(path) else None
 
 
-METRICS_PARTS = 'metrics.jsonl.parts'  # gs:// only: lines not yet merged into metrics.jsonl.
+METRICS_PARTS = 'metrics.jsonl.parts'  # gs://: lines not yet merged into metrics.jsonl.
 METRICS_FLUSH_S = 120.0  # gs://: pending lines are written as one new part object this often.
 _pending: dict[str, list[str]] = {}  # gs:// stage workdir -> lines not yet written.
 _last_flush: dict[str, float] = {}
+_flushes = itertools.count()
 
 
 def append_metrics(stage_workdir: str, record: dict[str, Any]) -> None:
@@ -239,11 +241,12 @@ def append_metrics(stage_workdir: str, record: dict[str, Any]) -> None:
 
 
 def flush_metrics(stage_workdir: str) -> None:
-  """gs://: the pending lines as one new object metrics.jsonl.parts/<ms since epoch>.jsonl."""
+  """gs://: the pending lines as one new object metrics.jsonl.parts/<ms since epoch>-<n>.jsonl."""
   lines = _pending.pop(stage_workdir, [])
   _last_flush[stage_workdir] = time.monotonic()
   if lines:
-    name = f'{time.time_ns() // 10**6:015d}.jsonl'  # Sorts in write order.
+    # Sorts in write order; the count keeps two flushes within one millisecond apart.
+    name = f'{time.time_ns() // 10**6:015d}-{next(_flushes):06d}.jsonl'
     fs.write_text(fs.join(stage_workdir, METRICS_PARTS, name), '\n'.join(lines) + '\n')
 
 

@@ -330,6 +330,21 @@ class Emulator:
         raise
     return f'gs://{name}'
 
+  def upload(self, bucket: str, name: str, data: bytes) -> None:
+    """Writes an object straight into the emulator (no proxy: fast set-up of test data)."""
+    query = urllib.parse.urlencode({'uploadType': 'media', 'name': name})
+    request = urllib.request.Request(f'{self.url}/upload/storage/v1/b/{bucket}/o?{query}',
+                                     data=data, method='POST')
+    urllib.request.urlopen(request, timeout=60).close()
+
+  def upload_tree(self, local: str, bucket: str, prefix: str) -> None:
+    for folder, _, files in os.walk(local):
+      for name in files:
+        path = os.path.join(folder, name)
+        key = f'{prefix}/{os.path.relpath(path, local)}'
+        with open(path, 'rb') as file:
+          self.upload(bucket, key, file.read())
+
   def objects(self, bucket: str, prefix: str = '') -> dict[str, int]:
     """{object name: size} under `prefix`, straight from the emulator."""
     names, token = {}, ''

@@ -203,7 +203,7 @@ def test_unwritable_and_full_workdir(tmp_path, monkeypatch):
   blocker.write_text('not a directory')
   with pytest.raises(validation.ConfigError, match='is not writable'):
     workdir.check_writable(str(blocker / 'run'))
-  monkeypatch.setattr(workdir.shutil, 'disk_usage', lambda _: type('U', (), {'free': 10})())
+  monkeypatch.setattr(workdir.fs, 'free_bytes', lambda _: 10 * 2**20)
   with pytest.raises(validation.ConfigError, match='MiB free'):
     workdir.check_writable(str(tmp_path / 'run'))
 

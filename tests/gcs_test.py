@@ -1,0 +1,379 @@
+"""The product on the storage Cloud TPU runs use: gs:// paths on an emulated bucket.
+
+fake-gcs-server on 127.0.0.1 behind the TLS proxy of tests/gcs_emulator.py: TensorFlow's GCS
+client (epath, tf.data) and tensorstore's (orbax arrays) talk to it as they would to Cloud
+Storage. Nothing here reaches the network.
+"""
+
+import json
+import multiprocessing
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+import gcs_emulator
+from simclr_jax import checkpoints, fs, workdir
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUCKET = 'bkt'
+
+
+@pytest.fixture(scope='module')
+def emulator(tmp_path_factory):
+  emu = gcs_emulator.Emulator(tmp_path_factory.mktemp('gcs'))
+  emu.create_bucket(BUCKET)
+  env = emu.env()
+  saved = {name: os.environ.get(name) for name in env}
+  os.environ.update(env)  # This process and every child it starts use the emulator.
+  yield emu
+  for name, value in saved.items():
+    if value is None:
+      os.environ.pop(name, None)
+    else:
+      os.environ[name] = value
+  emu.stop()
+
+
+def _main(workdir_url: str, *flags: str, env: dict | None = None, wait: bool = True,
+          devices: int = 2):
+  environment = dict(os.environ, JAX_PLATFORMS='cpu', **(env or {}))
+  environment['XLA_FLAGS'] = (f'--xla_force_host_platform_device_count={devices} '
+                              '--xla_backend_optimization_level=0')
+  command = [sys.executable, '-m', 'simclr_jax.main', '--config=configs/demo.py',
+             f'--workdir={workdir_url}', *flags]
+  process = subprocess.Popen(command, cwd=REPO, env=environment, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+  if not wait:
+    return process
+  output = process.communicate(timeout=900)[0]
+  return process.returncode, output
+
+
+# ------------------------------------------------------------------------------ the seam itself
+
+
+def test_files_folders_and_errors_on_a_bucket(emulator):
+  root = f'gs://{BUCKET}/seam'
+  fs.makedirs(fs.join(root, 'photos', 'cat'))
+  fs.write_bytes(fs.join(root, 'photos', 'cat', 'a.png'), b'12345')
+  fs.write_text(fs.join(root, 'notes.txt'), 'hello')
+  assert fs.scan(root) == (['photos'], ['notes.txt'])
+  assert fs.scan(fs.join(root, 'photos', 'cat')) == ([], ['a.png'])
+  assert fs.isdir(fs.join(root, 'photos')) and fs.isfile(fs.join(root, 'notes.txt'))
+  assert fs.read_text(fs.join(root, 'notes.txt')) == 'hello'
+  assert fs.size_and_mtime(fs.join(root, 'photos', 'cat', 'a.png'))[0] == 5
+  assert [folder for folder, _, _ in fs.walk(root)][0] == root
+  with fs.open(fs.join(root, 'notes.txt'), 'rb') as file:
+    assert file.read() == b'hello'
+  fs.rename(fs.join(root, 'notes.txt'), fs.join(root, 'moved.txt'))
+  assert fs.scan(root)[1] == ['moved.txt']
+  assert emulator.objects(BUCKET, 'seam/moved.txt') == {'seam/moved.txt': 5}
+  fs.rmtree(fs.join(root, 'photos'))
+  assert not fs.exists(fs.join(root, 'photos', 'cat', 'a.png'))
+
+  # One line each: a missing object, a missing bucket, no permission.
+  with pytest.raises(FileNotFoundError, match=r'^gs://bkt/seam/nothing.txt does not exist'):
+    fs.read_text(fs.join(root, 'nothing.txt'))
+  with pytest.raises(fs.PathError, match=r'bucket gs://nobucket does not exist') as missing:
+    fs.check_writable('gs://nobucket/run')
+  emulator.proxy.read_only_buckets.add(BUCKET)
+  try:
+    with pytest.raises(fs.PathError, match='permission denied') as denied:
+      fs.check_writable(f'gs://{BUCKET}/read_only_run')
+  finally:
+    emulator.proxy.read_only_buckets.clear()
+  for error in (missing, denied):
+    assert '\n' not in str(error.value) and str(error.value).startswith('--workdir=gs://')
+
+
+def _create(args):
+  path, text = args
+  return fs.create_new(path, text)
+
+
+def test_create_new_on_a_bucket_is_atomic(emulator):
+  """Of 6 processes creating one object at once exactly one wins (ifGenerationMatch=0)."""
+  path = f'gs://{BUCKET}/atomic/.lock'
+  with multiprocessing.get_context('spawn').Pool(6) as pool:
+    won = pool.map(_create, [(path, f'process {i}') for i in range(6)])
+  assert sum(won) == 1
+  assert fs.read_text(path) == f'process {won.index(True)}'
+  # Two writers that both saw no object: the precondition lets only the first one through.
+  store, key = fs._kvstore(f'gs://{BUCKET}/atomic/race')
+  seen_a, seen_b = store.read(key).result(), store.read(key).result()
+  assert seen_a.state == seen_b.state == 'missing'
+  first = store.write(key, b'a', if_equal=seen_a.stamp.generation).result()
+  second = store.write(key, b'b', if_equal=seen_b.stamp.generation).result()
+  assert first.generation and not second.generation
+  assert store.read(key).result().value == b'a'
+  assert not fs.remove_if_unchanged(path, 'not its text')
+  assert fs.remove_if_unchanged(path, f'process {won.index(True)}')
+  assert not fs.exists(path)
+
+
+def test_workdir_lock_on_a_bucket(emulator, caplog):
+  run = f'gs://{BUCKET}/locked'
+  with workdir.lock(run):
+    assert fs.exists(fs.join(run, workdir.LOCK_FILE))
+    with pytest.raises(workdir.validation.ConfigError, match=r'is in use by pid \d+ on '):
+      with workdir.lock(run):
+        pass
+  assert not fs.exists(fs.join(run, workdir.LOCK_FILE))
+  # A lock left by a process of this host that is gone is taken over (the local rule).
+  dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
+                        capture_output=True, text=True).stdout.strip()
+  import socket
+  fs.write_text(fs.join(run, workdir.LOCK_FILE),
+                json.dumps({'host': socket.gethostname(), 'pid': int(dead), 'since': 'then'}))
+  with workdir.lock(run):
+    held = json.loads(fs.read_text(fs.join(run, workdir.LOCK_FILE)))
+    assert held['pid'] == os.getpid()
+  assert f'stale lock of pid {dead}' in caplog.text
+  # Another host's lock is not: it may be running.
+  fs.write_text(fs.join(run, workdir.LOCK_FILE),
+                json.dumps({'host': 'other-host', 'pid': 1, 'since': 'then'}))
+  with pytest.raises(workdir.validation.ConfigError, match='in use by pid 1 on other-host'):
+    with workdir.lock(run):
+      pass
+
+
+def test_metrics_on_a_bucket_cost_the_same_at_every_write(emulator, monkeypatch):
+  """Each flush writes one new object of the new lines only; readers see one history."""
+  monkeypatch.setattr(workdir, 'METRICS_FLUSH_S', 0.0)
+  stage = f'gs://{BUCKET}/metrics/pretrain'
+  for step in range(1, 31):
+    workdir.append_metrics(stage, {'step': step, 'loss': 1.0 / step})
+  parts = emulator.objects(BUCKET, f'metrics/pretrain/{workdir.METRICS_PARTS}/')
+  assert len(parts) == 30  # One object per flush.
+  assert max(parts.values()) <= 2 * min(parts.values())  # Sizes do not grow with the run.
+  assert not fs.exists(fs.join(stage, workdir.METRICS_FILE))
+  assert [r['step'] for r in workdir.read_metrics(stage)] == list(range(1, 31))
+  workdir.merge_metrics(stage)  # Once per run segment.
+  assert not emulator.objects(BUCKET, f'metrics/pretrain/{workdir.METRICS_PARTS}/')
+  assert [r['step'] for r in workdir.read_metrics(stage)] == list(range(1, 31))
+  workdir.append_metrics(stage, {'step': 31, 'loss': 0.0})
+  workdir.flush_metrics(stage)
+  assert [r['step'] for r in workdir.read_metrics(stage)] == list(range(1, 32))
+
+
+# ------------------------------------------------------------------- the main command on gs://
+
+
+def test_a_missing_or_read_only_bucket_stops_the_main_command_before_compiling(emulator):
+  code, output = _main('gs://nobucket/run')
+  assert code == 1
+  assert output.strip().splitlines()[-1] == (
+    'error: --workdir=gs://nobucket/run: bucket gs://nobucket does not exist (or this machine '
+    'cannot see it); create it (gcloud storage buckets create gs://nobucket) or fix --workdir')
+  assert 'Traceback' not in output and ' steps (' not in output  # Nothing was built.
+  read_only = emulator.new_proxy()
+  read_only.read_only_buckets.add(BUCKET)
+  code, output = _main(f'gs://{BUCKET}/read_only', env=read_only.env())
+  assert code == 1 and ' steps (' not in output
+  last = output.strip().splitlines()[-1]
+  assert re.match(r'error: --workdir=gs://bkt/read_only is not writable: .*permission denied',
+                  last), last
+  assert not emulator.objects(BUCKET, 'read_only/')
+
+
+TINY_CHAIN = [
+  '--config.model.width_multiplier=0.125', '--config.train.train_steps=4',
+  '--config.train.global_batch_size=32', '--config.train.eval_batch_size=100',
+  '--config.train.log_every_steps=1', '--config.train.checkpoint_every_steps=2',
+  '--config.knn.k=20', '--config.finetune.train.train_steps=2',
+  '--config.finetune.train.global_batch_size=16', '--config.supervised.train.train_steps=2',
+  '--config.supervised.train.global_batch_size=16', '--config.distill.train.train_steps=2',
+  '--config.distill.train.global_batch_size=16',
+]
+STAGES = ('pretrain', 'finetune', 'distill', 'supervised')
+
+
+def _table(output: str) -> list[str]:
+  """The results table without its time column (wall time differs between runs)."""
+  lines = output[output.index('Results in'):].splitlines()[1:]
+  return [re.sub(r'\s+\d+s$', '', line) for line in lines if line.strip()]
+
+
+@pytest.mark.slow
+def test_the_demo_chain_on_a_bucket_equals_the_chain_on_a_local_disk(emulator, tmp_path):
+  bucket_run, local_run = f'gs://{BUCKET}/chain', str(tmp_path / 'chain')
+  code, on_bucket = _main(bucket_run, *TINY_CHAIN)
+  assert code == 0, on_bucket[-4000:]
+  code, on_disk = _main(local_run, *TINY_CHAIN)
+  assert code == 0, on_disk[-4000:]
+  assert _table(on_bucket) == _table(on_disk) and len(_table(on_disk)) >= 6
+  for stage in STAGES:  # Every stage's last loss, bit for bit.
+    remote = workdir.read_metrics(fs.join(bucket_run, stage))
+    local = workdir.read_metrics(fs.join(local_run, stage))
+    assert [r['step'] for r in remote] == [r['step'] for r in local]
+    losses = [[r['total_loss'] for r in records if 'total_loss' in r]
+              for records in (remote, local)]
+    assert losses[0] == losses[1] and losses[0], stage
+  objects = emulator.objects(BUCKET, 'chain/')
+  for stage in STAGES:
+    assert f'chain/{stage}/results.json' in objects
+    assert f'chain/{stage}/plots/curves.png' in objects
+    assert any(name.startswith(f'chain/{stage}/checkpoints/4/') or
+               name.startswith(f'chain/{stage}/checkpoints/2/') for name in objects)
+  assert 'chain/plots/stage_top1.png' in objects
+  assert not any(workdir.METRICS_PARTS in name or name.endswith('.lock') for name in objects)
+
+  # The commands that read a workdir, with gs:// inputs and outputs.
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  out = f'gs://{BUCKET}/outputs'
+  for command in (
+    ['simclr_jax.embed', '--config=configs/demo.py', f'--workdir={bucket_run}/pretrain',
+     '--split=test', f'--output={out}/features.npz', '--config.model.width_multiplier=0.125'],
+    ['simclr_jax.export', f'--workdir={bucket_run}/finetune', f'--output={out}/exported'],
+    ['simclr_jax.visualize', '--config=configs/demo.py', f'--workdir={bucket_run}',
+     '--config.model.width_multiplier=0.125', '--plots=curves,stages'],
+  ):
+    if command[0] == 'simclr_jax.visualize':  # Redrawn from the bucket's records.
+      fs.remove(f'{bucket_run}/plots/stage_top1.png')
+      fs.remove(f'{bucket_run}/finetune/plots/curves.png')
+    proc = subprocess.run([sys.executable, '-m', *command], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (command, proc.stdout[-2000:], proc.stderr[-3000:])
+  written = emulator.objects(BUCKET, 'outputs/')
+  assert 'outputs/features.npz' in written and 'outputs/exported/model.npz' in written
+  assert any(name.startswith('outputs/exported/saved_model/') for name in written)
+  redrawn = emulator.objects(BUCKET, 'chain/')
+  assert 'chain/plots/stage_top1.png' in redrawn and 'chain/finetune/plots/curves.png' in redrawn
+  local_features = tmp_path / 'features.npz'
+  proc = subprocess.run(
+    [sys.executable, '-m', 'simclr_jax.embed', '--config=configs/demo.py',
+     f'--workdir={local_run}/pretrain', '--split=test', f'--output={local_features}',
+     '--config.model.width_multiplier=0.125'], cwd=REPO, env=env, capture_output=True,
+    text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  import io
+  remote_features = np.load(io.BytesIO(fs.read_bytes(f'{out}/features.npz')))
+  np.testing.assert_array_equal(remote_features['features'],
+                                np.load(local_features)['features'])
+
+
+def _raw_state(stage_dir: str):
+  manager = checkpoints._read_only_manager(stage_dir)
+  step = manager.latest_step()
+  path = fs.join(checkpoints.checkpoint_dir(stage_dir), str(step), 'state')
+  tree = ocp.PyTreeCheckpointer().metadata(path).item_metadata
+  tree = getattr(tree, 'tree', tree)
+  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+  return step, ocp.PyTreeCheckpointer().restore(path, restore_args=as_numpy)
+
+
+TINY_PRETRAIN = [
+  '--config.stages=pretrain,', '--config.model.width_multiplier=0.125',
+  '--config.train.global_batch_size=16', '--config.train.checkpoint_every_steps=2',
+  '--config.train.log_every_steps=1', '--config.knn.enabled=False',
+  '--config.train.eval_at_end=False', '--config.train.plots_at_end=False',
+]
+
+
+def _finished_steps(emu, prefix: str) -> list[int]:
+  """Checkpoint steps orbax has committed in the bucket (commit_success.txt written)."""
+  names = emu.objects(BUCKET, prefix)
+  return sorted(int(n[len(prefix):].split('/')[0]) for n in names
+                if n.endswith('/commit_success.txt') and n[len(prefix):].split('/')[0].isdigit())
+
+
+@pytest.mark.slow
+def test_sigkill_on_a_bucket_then_rerun_is_bitwise_identical(emulator, tmp_path):
+  cache = f'--config.compilation_cache_dir={tmp_path / "xla_cache"}'
+  steps = '--config.train.train_steps=8'
+  code, output = _main(f'gs://{BUCKET}/straight', *TINY_PRETRAIN, steps, cache)
+  assert code == 0, output[-3000:]
+  for kill_after in (2, 4):
+    process = _main(f'gs://{BUCKET}/killed', *TINY_PRETRAIN, steps, cache, wait=False)
+    deadline = time.time() + 300
+    while kill_after not in _finished_steps(emulator, 'killed/pretrain/checkpoints/'):
+      assert process.poll() is None, process.stdout.read()[-3000:]
+      assert time.time() < deadline, 'no checkpoint appeared'
+      time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+  code, output = _main(f'gs://{BUCKET}/killed', *TINY_PRETRAIN, steps, cache)
+  assert code == 0, output[-3000:]
+  assert 'Restored checkpoint of step' in output
+  step_a, state_a = _raw_state(f'gs://{BUCKET}/straight/pretrain')
+  step_b, state_b = _raw_state(f'gs://{BUCKET}/killed/pretrain')
+  assert step_a == step_b == 8
+  leaves_a, leaves_b = jax.tree.leaves(state_a), jax.tree.leaves(state_b)
+  assert len(leaves_a) == len(leaves_b) > 10
+  for a, b in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # The history reads as one: every step logged, in order, after the kills and the rerun.
+  steps_logged = sorted({r['step'] for r in workdir.read_metrics(f'gs://{BUCKET}/killed/pretrain')})
+  assert steps_logged[-1] == 8
+
+  # A damaged newest checkpoint in the bucket: set aside, the previous one restored.
+  stage = f'gs://{BUCKET}/straight/pretrain'
+  manager = checkpoints.make_manager(stage, keep=5, asynchronous=False)
+  newest = manager.latest_step()
+  data = [n for n in emulator.objects(BUCKET, f'straight/pretrain/checkpoints/{newest}/state/')
+          if '/d/' in n]
+  assert data, 'no array data objects found'
+  for name in data:
+    emulator.upload(BUCKET, name, b'\x00' * 64)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype),
+                          state_a)
+  restored = checkpoints.restore_latest(manager, abstract)
+  assert restored is not None and restored[1]['step'] < newest
+  assert any(n.startswith('straight/pretrain/damaged_checkpoints/')
+             for n in emulator.objects(BUCKET, 'straight/pretrain/'))
+
+
+SLOW_SAVER = '''
+import sys
+import numpy as np
+from simclr_jax import checkpoints
+workdir = sys.argv[1]
+checkpoints.save_variables(workdir, {'kernel': np.ones((4, 4), np.float32)}, {}, {'step': 1}, 1)
+big = {'kernel': np.random.default_rng(0).normal(size=(30_000_000,)).astype(np.float32)}
+print('SAVING', flush=True)
+checkpoints.save_variables(workdir, big, {}, {'step': 2}, step=2)
+'''
+
+
+@pytest.mark.slow
+def test_a_kill_during_a_save_on_a_bucket_leaves_the_previous_step(emulator):
+  run = f'gs://{BUCKET}/slow_save'
+  process = subprocess.Popen([sys.executable, '-c', SLOW_SAVER, run], cwd=REPO,
+                             env=dict(os.environ, JAX_PLATFORMS='cpu'), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+  deadline, writing = time.time() + 180, False
+  while time.time() < deadline and not writing:
+    writing = any('/checkpoints/2' in name for name in emulator.objects(BUCKET, 'slow_save/'))
+    assert process.poll() is None, process.stdout.read()[-3000:]
+    time.sleep(0.02)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert writing, 'the save of step 2 was never seen in progress'
+  assert 2 not in _finished_steps(emulator, 'slow_save/checkpoints/')
+  params, _, meta = checkpoints.restore_variables(run)
+  assert meta['step'] == 1
+  np.testing.assert_array_equal(params['kernel'], np.ones((4, 4), np.float32))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('fault', [503, 'drop'])
+def test_transient_storage_errors_are_retried_and_nothing_is_lost(emulator, fault, tmp_path):
+  flaky = emulator.new_proxy()
+  flaky.fail_every, flaky.fault = 9, fault
+  run = f'gs://{BUCKET}/flaky_{fault}'
+  code, output = _main(run, *TINY_PRETRAIN, '--config.train.train_steps=4', env=flaky.env())
+  assert code == 0, output[-3000:]
+  assert flaky.failed >= 10, flaky.failed  # Faults did happen, in every kind of request.
+  assert [r['step'] for r in workdir.read_metrics(f'{run}/pretrain')] == [1, 2, 3, 4]
+  assert _finished_steps(emulator, f'flaky_{fault}/pretrain/checkpoints/') == [2, 4]
+  _, params = _raw_state(f'{run}/pretrain')
+  assert len(jax.tree.leaves(params)) > 10
+  assert json.loads(fs.read_text(f'{run}/pretrain/results.json'))['steps'] == 4
