@@ -12,7 +12,9 @@
 #   --skip-plan            do not run the pre-flight plan
 #   --dry-run              print every command instead of running it (the plan still runs)
 #
-# Pre-flight: with --create or an explicit --accelerator-type, the config (with its overrides) is
+# Pre-flight: the bucket of WORKDIR must exist and be writable from this machine (checked with a
+# probe object, except in a dry run). With --create or an explicit --accelerator-type, the config
+# (with its overrides) is
 # first compiled for that slice on this machine (python -m simclr_jax.plan, needs the [tpu]
 # extra; PYTHON=... picks the interpreter). A config that does not fit is refused, with the plan's
 # one-line reason, before anything is created or started.
@@ -65,7 +67,16 @@ if [ ! -f "$repo/$config" ]; then
   exit 2
 fi
 
-# Pre-flight: compile every stage for the slice here; refuse what does not fit.
+# Pre-flight 1: the bucket exists and this machine can write to it (a probe object is written and
+# deleted), before anything is compiled or created.
+if [ "$dry_run" = 1 ]; then
+  echo "Bucket check skipped in a dry run (it writes a probe object into $workdir)." >&2
+elif ! (cd "$repo" && "${PYTHON:-python3}" -m simclr_jax.fs --check-writable="$workdir") >&2; then
+  echo "$0: refused: WORKDIR=$workdir cannot be written (the line above says why)" >&2
+  exit 1
+fi
+
+# Pre-flight 2: compile every stage for the slice here; refuse what does not fit.
 if [ "$plan" = 1 ] && { [ "$create" = 1 ] || [ "$accelerator_given" = 1 ]; }; then
   echo "Pre-flight: compiling $config for $accelerator_type (python -m simclr_jax.plan)..." >&2
   plan_log=$(mktemp)

@@ -307,3 +307,15 @@ def check_writable(directory: str, flag: str = '--workdir') -> None:
   except OSError as error:
     raise PathError(f'{flag}={directory} is not writable ({error.strerror or error}); pass '
                     f'{flag}=A_WRITABLE_DIR') from None
+
+
+if __name__ == '__main__':  # launch/tpu_vm.sh: `python -m simclr_jax.fs --check-writable=URL`.
+  import sys
+
+  arguments = sys.argv[1:]
+  if len(arguments) != 1 or not arguments[0].startswith('--check-writable='):
+    sys.exit('usage: python -m simclr_jax.fs --check-writable=PATH')
+  try:
+    check_writable(arguments[0].split('=', 1)[1])
+  except PathError as error:
+    sys.exit(f'error: {error}')

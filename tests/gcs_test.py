@@ -377,3 +377,25 @@ def test_transient_storage_errors_are_retried_and_nothing_is_lost(emulator, faul
   _, params = _raw_state(f'{run}/pretrain')
   assert len(jax.tree.leaves(params)) > 10
   assert json.loads(fs.read_text(f'{run}/pretrain/results.json'))['steps'] == 4
+
+
+def test_the_tpu_launcher_checks_the_bucket_before_creating_anything(emulator, tmp_path):
+  fake_bin = tmp_path / 'bin'
+  fake_bin.mkdir()
+  gcloud = fake_bin / 'gcloud'  # Records that the launcher went on to the slice.
+  gcloud.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/gcloud_calls\n')
+  gcloud.chmod(0o755)
+  env = dict(os.environ, PYTHON=sys.executable, PATH=f'{fake_bin}:{os.environ["PATH"]}')
+  launch = [os.path.join(REPO, 'launch', 'tpu_vm.sh'), '--skip-plan', '--skip-install',
+            '--create', 'my-tpu', 'us-central2-b', 'configs/demo.py']
+  refused = subprocess.run(['bash', *launch, 'gs://nobucket/run'], capture_output=True,
+                           text=True, timeout=120, cwd=REPO, env=env)
+  assert refused.returncode == 1
+  assert 'error: --workdir=gs://nobucket/run: bucket gs://nobucket does not exist' in (
+    refused.stderr)
+  assert not (tmp_path / 'gcloud_calls').exists()  # No slice created, nothing started.
+  accepted = subprocess.run(['bash', *launch, f'gs://{BUCKET}/launched'], capture_output=True,
+                            text=True, timeout=120, cwd=REPO, env=env)
+  assert accepted.returncode == 0, accepted.stderr[-2000:]
+  calls = (tmp_path / 'gcloud_calls').read_text()
+  assert calls.startswith('compute tpus tpu-vm create my-tpu') and '--workdir=gs://bkt/launched' in calls
