@@ -398,4 +398,5 @@ def test_the_tpu_launcher_checks_the_bucket_before_creating_anything(emulator, t
                             text=True, timeout=120, cwd=REPO, env=env)
   assert accepted.returncode == 0, accepted.stderr[-2000:]
   calls = (tmp_path / 'gcloud_calls').read_text()
-  assert calls.startswith('compute tpus tpu-vm create my-tpu') and '--workdir=gs://bkt/launched' in calls
+  assert calls.startswith('compute tpus tpu-vm create my-tpu')
+  assert '--workdir=gs://bkt/launched' in calls
