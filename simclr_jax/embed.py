@@ -9,6 +9,7 @@ augmentation), in dataset order, and writes `features` [num_examples, dim] float
 config supplies the data.
 """
 
+import io
 import sys
 
 import ml_collections
@@ -64,8 +65,9 @@ def main(argv: list[str], flag_values) -> None:
       raise
     sys.exit(f'error: {error}')  # One line (SIMCLR_VERBOSE=1 for the traceback).
   fs.makedirs(fs.parent(fs.absolute(output)))
-  with fs.open(output, 'wb') as file:
-    np.savez(file, features=features, labels=labels)
+  buffer = io.BytesIO()  # Zip needs a seekable file; an object store's writer is not.
+  np.savez(buffer, features=features, labels=labels)
+  fs.write_bytes(output, buffer.getvalue())
   print(f'Wrote {output}: features {features.shape} float32, labels {labels.shape}')
 
 

