@@ -172,9 +172,18 @@ def rmtree(path: str) -> None:
 
 
 def rename(source: str, target: str) -> None:
-  """Moves a file or folder (on gs://, a copy of every object then a delete: not atomic)."""
+  """Moves a file or folder (on gs:// object by object, each a copy then a delete: not atomic;
+  TensorFlow's rename of a gs:// folder fails where no object names the folder itself)."""
   with _one_line(source, f'moving it to {target}'):
-    epath.Path(source).rename(target)
+    if not (is_remote(source) and isdir(source)):
+      epath.Path(source).rename(target)
+      return
+    import tensorflow as tf
+
+    for folder, _, files in tf.io.gfile.walk(source):
+      relative = folder[len(source.rstrip('/')):].lstrip('/')
+      for name in files:
+        tf.io.gfile.rename(join(folder, name), join(target, relative, name), overwrite=True)
 
 
 def replace(source: str, target: str) -> None:

@@ -10,8 +10,8 @@ tensorstore (orbax's array reads and writes) talks to the same proxy as a plain 
 settings (`STORAGE_EMULATOR_HOST`). The proxy also
 - drops TensorFlow's `Transfer-Encoding: identity` (fake-gcs-server answers it with 501) and
   answers `Expect: 100-continue` itself;
-- counts requests and the response bytes of every object read (`reads`): give each process its
-  own proxy to see what each host fetched;
+- counts requests, the response bytes of every object read (`reads`) and the uploads of every
+  object (`writes`): give each process its own proxy to see what each host fetched and wrote;
 - injects faults: HTTP 503 or a dropped connection for every n-th request (`fail_every`), and
   403 on writes to `read_only_buckets`.
 
@@ -199,6 +199,7 @@ class Proxy:
     self.requests = 0
     self.failed = 0
     self.reads: collections.Counter = collections.Counter()  # 'bucket/object' -> bytes read.
+    self.writes: collections.Counter = collections.Counter()  # 'bucket/object' -> uploads.
     self._lock = threading.Lock()
     self.preconditions = emulator.preconditions  # One lock for every proxy of the emulator.
     self._server = _Server(('127.0.0.1', 0), _Handler)
@@ -236,6 +237,11 @@ class Proxy:
 
   def _record(self, method: str, target: str, status: int, size: int) -> None:
     path = urllib.parse.urlsplit(target).path
+    if method == 'POST' and status < 300 and path.startswith('/upload/'):
+      name = urllib.parse.parse_qs(urllib.parse.urlsplit(target).query).get('name', [''])[0]
+      with self._lock:
+        self.writes[f'{_bucket_of(target)}/{name}'] += 1
+      return
     if method != 'GET' or status >= 300:
       return
     if path.startswith('/download/storage/v1/b/') or 'alt=media' in target:
@@ -264,6 +270,7 @@ class Proxy:
     with self._lock:
       self.requests = self.failed = 0
       self.reads.clear()
+      self.writes.clear()
 
   def close(self) -> None:
     self._server.shutdown()

@@ -5,6 +5,7 @@ client (epath, tf.data) and tensorstore's (orbax arrays) talk to it as they woul
 Storage. Nothing here reaches the network.
 """
 
+import io
 import json
 import multiprocessing
 import os
@@ -20,7 +21,10 @@ import orbax.checkpoint as ocp
 import pytest
 
 import gcs_emulator
-from simclr_jax import checkpoints, fs, workdir
+import shared_paths
+from configs import official_fixture
+from flax import traverse_util
+from simclr_jax import checkpoints, fs, import_tf2, workdir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUCKET = 'bkt'
@@ -76,8 +80,11 @@ def test_files_folders_and_errors_on_a_bucket(emulator):
   fs.rename(fs.join(root, 'notes.txt'), fs.join(root, 'moved.txt'))
   assert fs.scan(root)[1] == ['moved.txt']
   assert emulator.objects(BUCKET, 'seam/moved.txt') == {'seam/moved.txt': 5}
-  fs.rmtree(fs.join(root, 'photos'))
+  fs.rename(fs.join(root, 'photos'), fs.join(root, 'kept'))  # A folder: object by object.
+  assert emulator.objects(BUCKET, 'seam/kept/') == {'seam/kept/cat/a.png': 5}
   assert not fs.exists(fs.join(root, 'photos', 'cat', 'a.png'))
+  fs.rmtree(fs.join(root, 'kept'))
+  assert not emulator.objects(BUCKET, 'seam/kept/')
 
   # One line each: a missing object, a missing bucket, no permission.
   with pytest.raises(FileNotFoundError, match=r'^gs://bkt/seam/nothing.txt does not exist'):
@@ -205,10 +212,10 @@ def _table(output: str) -> list[str]:
 @pytest.mark.slow
 def test_the_demo_chain_on_a_bucket_equals_the_chain_on_a_local_disk(emulator, tmp_path):
   bucket_run, local_run = f'gs://{BUCKET}/chain', str(tmp_path / 'chain')
-  code, on_bucket = _main(bucket_run, *TINY_CHAIN)
-  assert code == 0, on_bucket[-4000:]
-  code, on_disk = _main(local_run, *TINY_CHAIN)
-  assert code == 0, on_disk[-4000:]
+  runs = [_main(run, *TINY_CHAIN, wait=False) for run in (bucket_run, local_run)]  # At once.
+  (on_bucket, _), (on_disk, _) = (run.communicate(timeout=900) for run in runs)
+  assert runs[0].returncode == 0, on_bucket[-4000:]
+  assert runs[1].returncode == 0, on_disk[-4000:]
   assert _table(on_bucket) == _table(on_disk) and len(_table(on_disk)) >= 6
   for stage in STAGES:  # Every stage's last loss, bit for bit.
     remote = workdir.read_metrics(fs.join(bucket_run, stage))
@@ -226,38 +233,43 @@ def test_the_demo_chain_on_a_bucket_equals_the_chain_on_a_local_disk(emulator, t
   assert 'chain/plots/stage_top1.png' in objects
   assert not any(workdir.METRICS_PARTS in name or name.endswith('.lock') for name in objects)
 
-  # The commands that read a workdir, with gs:// inputs and outputs.
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  # The commands that read a workdir or a SavedModel, with gs:// inputs and outputs, at once.
+  official = shared_paths.OFFICIAL_TF2_FIXTURES / 'bottleneck_sk1' / 'saved_model'
+  emulator.upload_tree(str(official), BUCKET, 'official/sk1/saved_model')
+  fs.remove(f'{bucket_run}/plots/stage_top1.png')  # visualize redraws them from the bucket.
+  fs.remove(f'{bucket_run}/finetune/plots/curves.png')
   out = f'gs://{BUCKET}/outputs'
-  for command in (
+  commands = [
     ['simclr_jax.embed', '--config=configs/demo.py', f'--workdir={bucket_run}/pretrain',
      '--split=test', f'--output={out}/features.npz', '--config.model.width_multiplier=0.125'],
     ['simclr_jax.export', f'--workdir={bucket_run}/finetune', f'--output={out}/exported'],
     ['simclr_jax.visualize', '--config=configs/demo.py', f'--workdir={bucket_run}',
      '--config.model.width_multiplier=0.125', '--plots=curves,stages'],
-  ):
-    if command[0] == 'simclr_jax.visualize':  # Redrawn from the bucket's records.
-      fs.remove(f'{bucket_run}/plots/stage_top1.png')
-      fs.remove(f'{bucket_run}/finetune/plots/curves.png')
-    proc = subprocess.run([sys.executable, '-m', *command], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, (command, proc.stdout[-2000:], proc.stderr[-3000:])
+    ['simclr_jax.import_tf2', f'--saved_model=gs://{BUCKET}/official/sk1/saved_model',
+     '--config=configs/official_fixture.py:sk1', f'--workdir={out}/imported'],
+  ]
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  processes = [subprocess.Popen([sys.executable, '-m', *command], cwd=REPO, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for command in commands]
+  for command, process in zip(commands, processes):
+    stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, (command, stdout[-2000:], stderr[-3000:])
   written = emulator.objects(BUCKET, 'outputs/')
-  assert 'outputs/features.npz' in written and 'outputs/exported/model.npz' in written
+  assert 'outputs/exported/model.npz' in written and 'outputs/exported/config.json' in written
   assert any(name.startswith('outputs/exported/saved_model/') for name in written)
+  features = np.load(io.BytesIO(fs.read_bytes(f'{out}/features.npz')))
+  assert features['features'].shape == (200, 64) and features['labels'].shape == (200,)
   redrawn = emulator.objects(BUCKET, 'chain/')
   assert 'chain/plots/stage_top1.png' in redrawn and 'chain/finetune/plots/curves.png' in redrawn
-  local_features = tmp_path / 'features.npz'
-  proc = subprocess.run(
-    [sys.executable, '-m', 'simclr_jax.embed', '--config=configs/demo.py',
-     f'--workdir={local_run}/pretrain', '--split=test', f'--output={local_features}',
-     '--config.model.width_multiplier=0.125'], cwd=REPO, env=env, capture_output=True,
-    text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  import io
-  remote_features = np.load(io.BytesIO(fs.read_bytes(f'{out}/features.npz')))
-  np.testing.assert_array_equal(remote_features['features'],
-                                np.load(local_features)['features'])
+  imported, _, meta = checkpoints.restore_variables(f'{out}/imported')
+  expected, _, _ = import_tf2.convert_variables(
+    import_tf2.read_variables(str(official)), official_fixture.get_config('sk1'))
+  flat = lambda tree: traverse_util.flatten_dict(tree, sep='/')
+  assert flat(imported).keys() == flat(expected).keys()
+  for key, value in flat(expected).items():
+    np.testing.assert_array_equal(flat(imported)[key], value, err_msg=key)
+  assert meta['imported_from'] == f'gs://{BUCKET}/official/sk1/saved_model'
 
 
 def _raw_state(stage_dir: str):
@@ -281,8 +293,8 @@ TINY_PRETRAIN = [
 def _finished_steps(emu, prefix: str) -> list[int]:
   """Checkpoint steps orbax has committed in the bucket (commit_success.txt written)."""
   names = emu.objects(BUCKET, prefix)
-  return sorted(int(n[len(prefix):].split('/')[0]) for n in names
-                if n.endswith('/commit_success.txt') and n[len(prefix):].split('/')[0].isdigit())
+  return sorted({int(n[len(prefix):].split('/')[0]) for n in names
+                 if n.endswith('/commit_success.txt') and n[len(prefix):].split('/')[0].isdigit()})
 
 
 @pytest.mark.slow
@@ -409,6 +421,8 @@ dataset, root, index, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sy
 where = {'folder': root} if dataset == 'folder' else {'data_dir': root}
 source = sources.load(dataset, 'train', decode=False, process_index=index, process_count=count,
                       **where)
+print('listed', flush=True)  # The test counts what follows: reading the epoch.
+sys.stdin.readline()
 stream = source.epochs(seed=7, shuffle_buffer=30, start_example=0, process_index=index)
 examples = list(itertools.islice(stream.as_numpy_iterator(), source.num_host_examples))
 print(json.dumps({'indices': sorted(int(x['index']) for x in examples),
@@ -417,13 +431,25 @@ print(json.dumps({'indices': sorted(int(x['index']) for x in examples),
 
 
 def _read_as_hosts(emu, dataset: str, root: str, count: int = 2) -> list[tuple[dict, dict]]:
-  """Each of `count` processes reads one epoch of its share through its own proxy:
-  [(what it read, {object: bytes fetched})]."""
+  """Each of `count` processes lists the data, then reads one epoch of its share through its
+  own proxy: [(what it read, {object: bytes fetched while reading the epoch})].
+
+  The listing is not counted: every host checks every image of a folder (the verdicts decide the
+  split's indices, which must agree across hosts without talking to each other).
+  """
   proxies = [emu.new_proxy() for _ in range(count)]
   processes = [subprocess.Popen(
     [sys.executable, '-c', _READER, dataset, root, str(i), str(count)], cwd=REPO,
     env=dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL='3', **proxies[i].env()),
-    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(count)]
+    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for i in range(count)]
+  for process in processes:
+    line = process.stdout.readline()
+    assert line.strip() == 'listed', (line, process.stderr.read()[-3000:])
+  for process, proxy in zip(processes, proxies):
+    proxy.reset()
+    process.stdin.write('go\n')
+    process.stdin.flush()
   results = []
   for process, proxy in zip(processes, proxies):
     out, err = process.communicate(timeout=300)
@@ -470,3 +496,46 @@ def test_a_tfds_dataset_in_a_bucket_is_read_by_each_host_in_its_share(emulator, 
     fetched.append(set(mine))
   assert sorted(seen) == list(range(64))
   assert not fetched[0] & fetched[1] and fetched[0] | fetched[1] == set(shards)
+
+
+@pytest.mark.slow
+def test_two_hosts_share_a_bucket_workdir_and_hand_over_between_stages(emulator):
+  """Two JAX processes (2 devices each) run pretrain -> finetune in one gs:// workdir: process 0
+  alone writes the run's files, the lock keeps a third start out, finetune reads pretrain."""
+  import socket
+
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  run = f'gs://{BUCKET}/two_hosts'
+  flags = [*TINY_PRETRAIN, '--config.stages=pretrain,finetune', '--config.train.train_steps=3',
+           '--config.finetune.train.train_steps=2', '--config.finetune.train.global_batch_size=16',
+           '--config.finetune.train.eval_at_end=False']
+  proxies = [emulator.new_proxy() for _ in range(2)]
+  workers = [_main(run, *flags, '--config.distributed.initialize=True',
+                   f'--config.distributed.coordinator_address=127.0.0.1:{port}',
+                   '--config.distributed.num_processes=2', f'--config.distributed.process_id={i}',
+                   env=proxies[i].env(), wait=False) for i in range(2)]
+  deadline = time.time() + 300
+  while f'two_hosts/{workdir.LOCK_FILE}' not in emulator.objects(BUCKET, 'two_hosts/'):
+    assert all(w.poll() is None for w in workers) and time.time() < deadline
+    time.sleep(0.1)
+  code, output = _main(run, *flags)  # A third start while they run.
+  assert code == 1 and re.match(r"error: workdir 'gs://bkt/two_hosts' is in use by pid \d+ on ",
+                                output.strip().splitlines()[-1]), output[-2000:]
+  for worker in workers:
+    output = worker.communicate(timeout=600)[0]
+    assert worker.returncode == 0, output[-4000:]
+
+  finetune = json.loads(fs.read_text(f'{run}/finetune/results.json'))
+  assert finetune['restored_from'] == f'{run}/pretrain' and finetune['steps'] == 2
+  objects = emulator.objects(BUCKET, 'two_hosts/')
+  assert f'two_hosts/{workdir.LOCK_FILE}' not in objects  # Released at the end.
+  run_files = ('results.json', 'config.json', 'metrics.jsonl', 'parameters.txt')
+  for stage in ('pretrain', 'finetune'):
+    for name in run_files:
+      assert proxies[0].writes[f'{BUCKET}/two_hosts/{stage}/{name}'] >= 1, (stage, name)
+  host1 = sorted(name for name in proxies[1].writes
+                 if name.endswith(run_files + (workdir.LOCK_FILE,)) or 'metrics.jsonl' in name)
+  assert not host1, host1  # Process 1 wrote none of the run's records.
+  assert [r['step'] for r in workdir.read_metrics(f'{run}/pretrain')] == [1, 2, 3]
