@@ -130,10 +130,10 @@ def scan(path: str) -> tuple[list[str], list[str]]:
   """
   with _one_line(path, 'listing it'):
     if not is_remote(path):
-      with os.scandir(path) as entries:
-        entries = [(entry.name, entry.is_dir()) for entry in entries]
-      return (sorted(n for n, is_dir in entries if is_dir),
-              sorted(n for n, is_dir in entries if not is_dir))
+      with os.scandir(path) as entries:  # Links followed; a broken link is neither.
+        entries = [(entry.name, entry.is_dir(), entry.is_file()) for entry in entries]
+      return (sorted(n for n, is_dir, _ in entries if is_dir),
+              sorted(n for n, _, is_file in entries if is_file))
     import tensorflow as tf
 
     names = tf.io.gfile.listdir(path)

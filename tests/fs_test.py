@@ -83,8 +83,10 @@ def test_local_paths(tmp_path):
   fs.makedirs(fs.join(root, 'sub', 'deeper'))
   fs.write_text(fs.join(root, 'x.txt'), 'hi')
   fs.write_bytes(fs.join(root, 'y.png'), b'\x89PNG')
+  os.symlink(fs.join(root, 'gone.png'), fs.join(root, 'broken.png'))  # Neither file nor folder.
   assert fs.scan(root) == (['sub'], ['x.txt', 'y.png'])
   assert fs.listdir(root) == ['sub', 'x.txt', 'y.png']
+  os.remove(fs.join(root, 'broken.png'))
   assert fs.isdir(root) and fs.isfile(fs.join(root, 'x.txt')) and not fs.isfile(root)
   assert fs.read_text(fs.join(root, 'x.txt')) == 'hi'
   assert fs.size_and_mtime(fs.join(root, 'y.png'))[0] == 4

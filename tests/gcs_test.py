@@ -192,7 +192,7 @@ def test_a_missing_or_read_only_bucket_stops_the_main_command_before_compiling(e
 
 
 TINY_CHAIN = [
-  '--config.model.width_multiplier=0.125', '--config.train.train_steps=4',
+  '--config.model.width_multiplier=0.125', '--config.train.train_steps=12',
   '--config.train.global_batch_size=32', '--config.train.eval_batch_size=100',
   '--config.train.log_every_steps=1', '--config.train.checkpoint_every_steps=2',
   '--config.knn.k=20', '--config.finetune.train.train_steps=2',
@@ -210,26 +210,50 @@ def _table(output: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_the_demo_chain_on_a_bucket_equals_the_chain_on_a_local_disk(emulator, tmp_path):
+def test_the_demo_chain_on_a_flaky_bucket_killed_and_rerun_equals_the_chain_on_a_local_disk(
+    emulator, tmp_path):
+  """pretrain -> finetune -> distill -> supervised in a bucket whose every 25th request fails
+  (HTTP 503 or a dropped connection, in turn), killed (SIGKILL) during pretraining and rerun:
+  the same table, every stage's losses and the pretrained state bit for bit as on a local disk
+  (that run goes on beside it)."""
   bucket_run, local_run = f'gs://{BUCKET}/chain', str(tmp_path / 'chain')
-  runs = [_main(run, *TINY_CHAIN, wait=False) for run in (bucket_run, local_run)]  # At once.
-  (on_bucket, _), (on_disk, _) = (run.communicate(timeout=900) for run in runs)
-  assert runs[0].returncode == 0, on_bucket[-4000:]
-  assert runs[1].returncode == 0, on_disk[-4000:]
+  flaky = emulator.new_proxy()
+  flaky.fail_every, flaky.fault = 25, 'mixed'
+  local = _main(local_run, *TINY_CHAIN, wait=False)
+  killed = _main(bucket_run, *TINY_CHAIN, env=flaky.env(), wait=False)
+  deadline = time.time() + 600
+  while 2 not in _finished_steps(emulator, 'chain/pretrain/checkpoints/'):
+    assert killed.poll() is None, killed.stdout.read()[-3000:]
+    assert time.time() < deadline, 'no checkpoint appeared'
+    time.sleep(0.05)
+  killed.send_signal(signal.SIGKILL)
+  killed.wait()
+  code, on_bucket = _main(bucket_run, *TINY_CHAIN, env=flaky.env())
+  assert code == 0, on_bucket[-4000:]
+  on_disk = local.communicate(timeout=900)[0]
+  assert local.returncode == 0, on_disk[-4000:]
+  resumed = re.search(r'pretrain: resuming from step (\d+) ', on_bucket)
+  assert resumed and 2 <= int(resumed[1]) < 12, on_bucket[:6000]  # Killed during pretraining.
+  assert flaky.failed >= 6, flaky.failed  # Faults happened, and were retried.
   assert _table(on_bucket) == _table(on_disk) and len(_table(on_disk)) >= 6
-  for stage in STAGES:  # Every stage's last loss, bit for bit.
+  for stage in STAGES:  # Every stage's losses, bit for bit.
     remote = workdir.read_metrics(fs.join(bucket_run, stage))
-    local = workdir.read_metrics(fs.join(local_run, stage))
-    assert [r['step'] for r in remote] == [r['step'] for r in local]
-    losses = [[r['total_loss'] for r in records if 'total_loss' in r]
-              for records in (remote, local)]
+    local_records = workdir.read_metrics(fs.join(local_run, stage))
+    losses = [{r['step']: r['total_loss'] for r in records if 'total_loss' in r}
+              for records in (remote, local_records)]
     assert losses[0] == losses[1] and losses[0], stage
+  step_a, state_a = _raw_state(f'{bucket_run}/pretrain')
+  step_b, state_b = _raw_state(f'{local_run}/pretrain')
+  assert step_a == step_b == 12
+  leaves_a, leaves_b = jax.tree.leaves(state_a), jax.tree.leaves(state_b)
+  assert len(leaves_a) == len(leaves_b) > 10
+  for a, b in zip(leaves_a, leaves_b):  # params, BN statistics, optimizer state: bitwise.
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   objects = emulator.objects(BUCKET, 'chain/')
   for stage in STAGES:
     assert f'chain/{stage}/results.json' in objects
     assert f'chain/{stage}/plots/curves.png' in objects
-    assert any(name.startswith(f'chain/{stage}/checkpoints/4/') or
-               name.startswith(f'chain/{stage}/checkpoints/2/') for name in objects)
+    assert any(name.startswith(f'chain/{stage}/checkpoints/') for name in objects)
   assert 'chain/plots/stage_top1.png' in objects
   assert not any(workdir.METRICS_PARTS in name or name.endswith('.lock') for name in objects)
 
@@ -297,50 +321,27 @@ def _finished_steps(emu, prefix: str) -> list[int]:
                  if n.endswith('/commit_success.txt') and n[len(prefix):].split('/')[0].isdigit()})
 
 
-@pytest.mark.slow
-def test_sigkill_on_a_bucket_then_rerun_is_bitwise_identical(emulator, tmp_path):
-  cache = f'--config.compilation_cache_dir={tmp_path / "xla_cache"}'
-  steps = '--config.train.train_steps=8'
-  code, output = _main(f'gs://{BUCKET}/straight', *TINY_PRETRAIN, steps, cache)
-  assert code == 0, output[-3000:]
-  for kill_after in (4,):
-    process = _main(f'gs://{BUCKET}/killed', *TINY_PRETRAIN, steps, cache, wait=False)
-    deadline = time.time() + 300
-    while kill_after not in _finished_steps(emulator, 'killed/pretrain/checkpoints/'):
-      assert process.poll() is None, process.stdout.read()[-3000:]
-      assert time.time() < deadline, 'no checkpoint appeared'
-      time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-  code, output = _main(f'gs://{BUCKET}/killed', *TINY_PRETRAIN, steps, cache)
-  assert code == 0, output[-3000:]
-  assert 'Restored checkpoint of step' in output
-  step_a, state_a = _raw_state(f'gs://{BUCKET}/straight/pretrain')
-  step_b, state_b = _raw_state(f'gs://{BUCKET}/killed/pretrain')
-  assert step_a == step_b == 8
-  leaves_a, leaves_b = jax.tree.leaves(state_a), jax.tree.leaves(state_b)
-  assert len(leaves_a) == len(leaves_b) > 10
-  for a, b in zip(leaves_a, leaves_b):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  # The history reads as one: every step logged, in order, after the kills and the rerun.
-  steps_logged = sorted({r['step'] for r in workdir.read_metrics(f'gs://{BUCKET}/killed/pretrain')})
-  assert steps_logged[-1] == 8
-
-  # A damaged newest checkpoint in the bucket: set aside, the previous one restored.
-  stage = f'gs://{BUCKET}/straight/pretrain'
-  manager = checkpoints.make_manager(stage, keep=5, asynchronous=False)
-  newest = manager.latest_step()
-  data = [n for n in emulator.objects(BUCKET, f'straight/pretrain/checkpoints/{newest}/state/')
-          if '/d/' in n]
+def test_a_damaged_newest_checkpoint_in_a_bucket_is_set_aside(emulator):
+  """The newest step's array data overwritten in the bucket: restore says so, moves it to
+  damaged_checkpoints/ and restores the step before."""
+  stage = f'gs://{BUCKET}/damaged'
+  manager = checkpoints.make_manager(stage, keep=3, asynchronous=False)
+  states = {step: {'step': np.asarray(step, np.int32),
+                   'params': {'kernel': np.full((64, 64), step, np.float32)}} for step in (1, 2)}
+  for step, state in states.items():
+    checkpoints.save(manager, step, state, {'step': step})
+  manager.wait_until_finished()
+  data = [n for n in emulator.objects(BUCKET, 'damaged/checkpoints/2/state/') if '/d/' in n]
   assert data, 'no array data objects found'
   for name in data:
     emulator.upload(BUCKET, name, b'\x00' * 64)
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype),
-                          state_a)
-  restored = checkpoints.restore_latest(manager, abstract)
-  assert restored is not None and restored[1]['step'] < newest
-  assert any(n.startswith('straight/pretrain/damaged_checkpoints/')
-             for n in emulator.objects(BUCKET, 'straight/pretrain/'))
+  manager = checkpoints.make_manager(stage, keep=3, asynchronous=False)
+  state, meta = checkpoints.restore_latest(manager, checkpoints.abstract_like(states[1]))
+  assert meta['step'] == 1
+  np.testing.assert_array_equal(state['params']['kernel'], states[1]['params']['kernel'])
+  names = emulator.objects(BUCKET, 'damaged/')
+  assert any(n.startswith('damaged/damaged_checkpoints/2-') for n in names)
+  assert manager.all_steps() == [1]
 
 
 SLOW_SAVER = '''
@@ -373,22 +374,6 @@ def test_a_kill_during_a_save_on_a_bucket_leaves_the_previous_step(emulator):
   params, _, meta = checkpoints.restore_variables(run)
   assert meta['step'] == 1
   np.testing.assert_array_equal(params['kernel'], np.ones((4, 4), np.float32))
-
-
-@pytest.mark.slow
-def test_transient_storage_errors_are_retried_and_nothing_is_lost(emulator):
-  """Every 9th request answers 503 or drops its connection; the run ends as if none had."""
-  flaky = emulator.new_proxy()
-  flaky.fail_every, flaky.fault, fault = 9, 'mixed', 'mixed'
-  run = f'gs://{BUCKET}/flaky_{fault}'
-  code, output = _main(run, *TINY_PRETRAIN, '--config.train.train_steps=4', env=flaky.env())
-  assert code == 0, output[-3000:]
-  assert flaky.failed >= 10, flaky.failed  # Faults did happen, in every kind of request.
-  assert [r['step'] for r in workdir.read_metrics(f'{run}/pretrain')] == [1, 2, 3, 4]
-  assert _finished_steps(emulator, f'flaky_{fault}/pretrain/checkpoints/') == [2, 4]
-  _, params = _raw_state(f'{run}/pretrain')
-  assert len(jax.tree.leaves(params)) > 10
-  assert json.loads(fs.read_text(f'{run}/pretrain/results.json'))['steps'] == 4
 
 
 def test_the_tpu_launcher_checks_the_bucket_before_creating_anything(emulator, tmp_path):
@@ -509,8 +494,7 @@ def test_two_hosts_share_a_bucket_workdir_and_hand_over_between_stages(emulator)
     port = s.getsockname()[1]
   run = f'gs://{BUCKET}/two_hosts'
   flags = [*TINY_PRETRAIN, '--config.stages=pretrain,finetune', '--config.train.train_steps=3',
-           '--config.finetune.train.train_steps=2', '--config.finetune.train.global_batch_size=16',
-           '--config.finetune.train.eval_at_end=False']
+           '--config.finetune.train.train_steps=2', '--config.finetune.train.global_batch_size=16']
   proxies = [emulator.new_proxy() for _ in range(2)]
   workers = [_main(run, *flags, '--config.distributed.initialize=True',
                    f'--config.distributed.coordinator_address=127.0.0.1:{port}',
@@ -518,7 +502,9 @@ def test_two_hosts_share_a_bucket_workdir_and_hand_over_between_stages(emulator)
                    env=proxies[i].env(), wait=False) for i in range(2)]
   deadline = time.time() + 300
   while f'two_hosts/{workdir.LOCK_FILE}' not in emulator.objects(BUCKET, 'two_hosts/'):
-    assert all(w.poll() is None for w in workers) and time.time() < deadline
+    for worker in workers:
+      assert worker.poll() is None, worker.stdout.read()[-4000:]
+    assert time.time() < deadline
     time.sleep(0.1)
   code, output = _main(run, *flags)  # A third start while they run.
   assert code == 1 and re.match(r"error: workdir 'gs://bkt/two_hosts' is in use by pid \d+ on ",
