@@ -237,6 +237,7 @@ def train_and_evaluate(
         elapsed = earlier_segments_s + time.time() - start_time
         checkpoints.save(manager, step, state,
                          checkpoints.run_meta(config, step, stage=stage, elapsed_s=elapsed))
+        workdir_lib.flush_metrics(workdir)  # gs://: the lines up to a checkpoint outlive a kill.
       if preempted:
         manager.wait_until_finished()
         logging.warning('%s: stopped at step %d on request; checkpoint saved in %s.', stage,
@@ -245,7 +246,11 @@ def train_and_evaluate(
   finally:
     watcher.close()
     manager.wait_until_finished()  # A save in flight when an error stops the loop completes.
-    workdir_lib.merge_metrics(workdir)  # gs://: this segment's lines into metrics.jsonl.
+    try:
+      workdir_lib.merge_metrics(workdir)  # gs://: this segment's lines into metrics.jsonl.
+    except Exception as error:  # noqa: BLE001 - never hide what stopped the loop.
+      logging.warning('%s: metrics not merged (%s); they stay in %s.', stage, error,
+                      workdir_lib.METRICS_PARTS)
 
   results: dict[str, Any] = {'stage': stage, 'steps': total_steps,
                              'epochs': total_steps / steps_per_epoch}

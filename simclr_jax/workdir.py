@@ -241,7 +241,8 @@ def append_metrics(stage_workdir: str, record: dict[str, Any]) -> None:
 
 
 def flush_metrics(stage_workdir: str) -> None:
-  """gs://: the pending lines as one new object metrics.jsonl.parts/<ms since epoch>-<n>.jsonl."""
+  """gs://: the pending lines as one new object metrics.jsonl.parts/<ms since epoch>-<n>.jsonl
+  (also at every checkpoint, so that a killed run's history reaches its newest checkpoint)."""
   lines = _pending.pop(stage_workdir, [])
   _last_flush[stage_workdir] = time.monotonic()
   if lines:

@@ -10,6 +10,9 @@ tensorstore (orbax's array reads and writes) talks to the same proxy as a plain 
 settings (`STORAGE_EMULATOR_HOST`). The proxy also
 - drops TensorFlow's `Transfer-Encoding: identity` (fake-gcs-server answers it with 501) and
   answers `Expect: 100-continue` itself;
+- answers a resumable upload's status query (after a failed PUT) as Cloud Storage does, 308
+  when none of its data arrived (fake-gcs-server finalises an empty object instead), and applies
+  `ifGenerationMatch` on writes (fake-gcs-server ignores it on uploads);
 - counts requests, the response bytes of every object read (`reads`) and the uploads of every
   object (`writes`): give each process its own proxy to see what each host fetched and wrote;
 - injects faults: HTTP 503 or a dropped connection for every n-th request (`fail_every`), and
@@ -96,6 +99,13 @@ class _Handler(socketserver.StreamRequestHandler):
         if target.startswith('http'):  # Absolute form (a client that treats us as a proxy).
           parts = urllib.parse.urlsplit(target)
           target = parts.path + (f'?{parts.query}' if parts.query else '')
+        session = urllib.parse.parse_qs(urllib.parse.urlsplit(target).query).get('upload_id')
+        if (method == 'PUT' and session and not body and session[0] not in proxy.uploaded
+            and named.get('content-range', '').startswith('bytes */')):
+          # A resumable upload's status query before any of its data arrived: Cloud Storage
+          # answers 308 (resume from byte 0); fake-gcs-server would finalise an empty object.
+          _respond(sock, 308, [], b'')
+          continue
         verdict = proxy._verdict(method, target)
         if verdict == 'drop':
           sock.shutdown(socket.SHUT_RDWR)
@@ -125,6 +135,8 @@ class _Handler(socketserver.StreamRequestHandler):
           out = [(n, v.replace('http://', 'https://', 1) if n.lower() == 'location' else v)
                  for n, v in out]
         proxy._record(method, target, response.status, len(data))
+        if session and body and response.status < 300:
+          proxy.uploaded.add(session[0])
         _respond(sock, response.status, out, data, head=method == 'HEAD')
     except (OSError, ValueError, ssl.SSLError):
       return
@@ -202,6 +214,7 @@ class Proxy:
     self.writes: collections.Counter = collections.Counter()  # 'bucket/object' -> uploads.
     self._lock = threading.Lock()
     self.preconditions = emulator.preconditions  # One lock for every proxy of the emulator.
+    self.uploaded = emulator.uploaded  # Resumable upload sessions whose data was forwarded.
     self._server = _Server(('127.0.0.1', 0), _Handler)
     self._server.proxy = self
     self.port = self._server.server_address[1]
@@ -300,6 +313,7 @@ class Emulator:
     ca.issue_cert(*HOSTS).configure_cert(self.tls)
     self.port = _free_port()
     self.preconditions = threading.Lock()
+    self.uploaded: set[str] = set()
     self._log = open(root / 'fake-gcs-server.log', 'wb')
     self._process = subprocess.Popen(
       [str(_binary()), '-scheme', 'http', '-host', '127.0.0.1', '-port', str(self.port),

@@ -493,7 +493,8 @@ def test_two_hosts_share_a_bucket_workdir_and_hand_over_between_stages(emulator)
     s.bind(('127.0.0.1', 0))
     port = s.getsockname()[1]
   run = f'gs://{BUCKET}/two_hosts'
-  flags = [*TINY_PRETRAIN, '--config.stages=pretrain,finetune', '--config.train.train_steps=3',
+  flags = [*(f for f in TINY_PRETRAIN if not f.startswith('--config.stages')),
+           '--config.stages=pretrain,finetune', '--config.train.train_steps=3',
            '--config.finetune.train.train_steps=2', '--config.finetune.train.global_batch_size=16']
   proxies = [emulator.new_proxy() for _ in range(2)]
   workers = [_main(run, *flags, '--config.distributed.initialize=True',
