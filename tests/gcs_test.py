@@ -194,7 +194,7 @@ def test_a_missing_or_read_only_bucket_stops_the_main_command_before_compiling(e
 TINY_CHAIN = [
   '--config.model.width_multiplier=0.125', '--config.train.train_steps=12',
   '--config.train.global_batch_size=32', '--config.train.eval_batch_size=100',
-  '--config.train.log_every_steps=1', '--config.train.checkpoint_every_steps=2',
+  '--config.train.log_every_steps=1', '--config.train.checkpoint_every_steps=4',
   '--config.knn.k=20', '--config.finetune.train.train_steps=2',
   '--config.finetune.train.global_batch_size=16', '--config.supervised.train.train_steps=2',
   '--config.supervised.train.global_batch_size=16', '--config.distill.train.train_steps=2',
@@ -212,17 +212,17 @@ def _table(output: str) -> list[str]:
 @pytest.mark.slow
 def test_the_demo_chain_on_a_flaky_bucket_killed_and_rerun_equals_the_chain_on_a_local_disk(
     emulator, tmp_path):
-  """pretrain -> finetune -> distill -> supervised in a bucket whose every 25th request fails
+  """pretrain -> finetune -> distill -> supervised in a bucket whose every 40th request fails
   (HTTP 503 or a dropped connection, in turn), killed (SIGKILL) during pretraining and rerun:
   the same table, every stage's losses and the pretrained state bit for bit as on a local disk
   (that run goes on beside it)."""
   bucket_run, local_run = f'gs://{BUCKET}/chain', str(tmp_path / 'chain')
   flaky = emulator.new_proxy()
-  flaky.fail_every, flaky.fault = 25, 'mixed'
+  flaky.fail_every, flaky.fault = 40, 'mixed'
   local = _main(local_run, *TINY_CHAIN, wait=False)
   killed = _main(bucket_run, *TINY_CHAIN, env=flaky.env(), wait=False)
   deadline = time.time() + 600
-  while 2 not in _finished_steps(emulator, 'chain/pretrain/checkpoints/'):
+  while 4 not in _finished_steps(emulator, 'chain/pretrain/checkpoints/'):
     assert killed.poll() is None, killed.stdout.read()[-3000:]
     assert time.time() < deadline, 'no checkpoint appeared'
     time.sleep(0.05)
@@ -233,8 +233,8 @@ def test_the_demo_chain_on_a_flaky_bucket_killed_and_rerun_equals_the_chain_on_a
   on_disk = local.communicate(timeout=900)[0]
   assert local.returncode == 0, on_disk[-4000:]
   resumed = re.search(r'pretrain: resuming from step (\d+) ', on_bucket)
-  assert resumed and 2 <= int(resumed[1]) < 12, on_bucket[:6000]  # Killed during pretraining.
-  assert flaky.failed >= 6, flaky.failed  # Faults happened, and were retried.
+  assert resumed and int(resumed[1]) in (4, 8), on_bucket[:6000]  # Killed during pretraining.
+  assert flaky.failed >= 5, flaky.failed  # Faults happened, and were retried.
   assert _table(on_bucket) == _table(on_disk) and len(_table(on_disk)) >= 6
   for stage in STAGES:  # Every stage's losses, bit for bit.
     remote = workdir.read_metrics(fs.join(bucket_run, stage))
@@ -316,9 +316,9 @@ TINY_PRETRAIN = [
 
 def _finished_steps(emu, prefix: str) -> list[int]:
   """Checkpoint steps orbax has committed in the bucket (commit_success.txt written)."""
-  names = emu.objects(BUCKET, prefix)
-  return sorted({int(n[len(prefix):].split('/')[0]) for n in names
-                 if n.endswith('/commit_success.txt') and n[len(prefix):].split('/')[0].isdigit()})
+  names = emu.objects(BUCKET, prefix)  # The step's own marker (its items have one each, first).
+  return sorted(int(n[len(prefix):].split('/')[0]) for n in names
+                if re.fullmatch(r'\d+/commit_success\.txt', n[len(prefix):]))
 
 
 def test_a_damaged_newest_checkpoint_in_a_bucket_is_set_aside(emulator):
