@@ -76,7 +76,7 @@ def lock(workdir: str):
   path = fs.join(workdir, LOCK_FILE)
   me = {'host': socket.gethostname(), 'pid': os.getpid(), 'since': time.strftime('%F %T')}
   mine = json.dumps(me)
-  for attempt in range(3):
+  for attempt in range(3):  # A stale or vanishing lock is retried; a live one is not.
     if fs.create_new(path, mine):
       break
     try:
@@ -86,16 +86,15 @@ def lock(workdir: str):
       held, holder = '', {}
     pid, host = holder.get('pid'), holder.get('host')
     stale = host == me['host'] and isinstance(pid, int) and not _alive(pid)
-    if attempt < 2 and (stale or not held):
-      if stale:
-        logging.warning('Removing the stale lock of pid %d (no longer running) in %s.', pid,
-                        workdir)
-        fs.remove_if_unchanged(path, held)
-      continue
-    raise validation.ConfigError(
-      f'workdir {workdir!r} is in use by pid {pid} on {host} (since {holder.get("since")}); '
-      f'wait for it or stop it, or use another --workdir (if that process is gone, delete {path})'
-    )
+    if stale and attempt < 2:
+      logging.warning('Removing the stale lock of pid %d (no longer running) in %s.', pid,
+                      workdir)
+      fs.remove_if_unchanged(path, held)  # Only that lock: a new holder's stays.
+    elif held or attempt == 2:
+      raise validation.ConfigError(
+        f'workdir {workdir!r} is in use by pid {pid} on {host} (since {holder.get("since")}); '
+        f'wait for it or stop it, or use another --workdir (if that process is gone, delete '
+        f'{path})')
   try:
     yield
   finally:

@@ -123,17 +123,18 @@ def test_create_new_on_a_bucket_is_atomic(emulator):
   assert store.read(key).result().value == b'a'
   assert not fs.remove_if_unchanged(path, 'not its text')
   assert fs.remove_if_unchanged(path, f'process {won.index(True)}')
-  assert not fs.exists(path)
+  assert 'atomic/.lock' not in emulator.objects(BUCKET, 'atomic/')  # Asked of the server.
 
 
 def test_workdir_lock_on_a_bucket(emulator, caplog):
   run = f'gs://{BUCKET}/locked'
+  lock_object = f'locked/{workdir.LOCK_FILE}'
   with workdir.lock(run):
-    assert fs.exists(fs.join(run, workdir.LOCK_FILE))
+    assert lock_object in emulator.objects(BUCKET, 'locked/')
     with pytest.raises(workdir.validation.ConfigError, match=r'is in use by pid \d+ on '):
       with workdir.lock(run):
         pass
-  assert not fs.exists(fs.join(run, workdir.LOCK_FILE))
+  assert lock_object not in emulator.objects(BUCKET, 'locked/')
   # A lock left by a process of this host that is gone is taken over (the local rule).
   dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
                         capture_output=True, text=True).stdout.strip()
@@ -156,19 +157,19 @@ def test_metrics_on_a_bucket_cost_the_same_at_every_write(emulator, monkeypatch)
   """Each flush writes one new object of the new lines only; readers see one history."""
   monkeypatch.setattr(workdir, 'METRICS_FLUSH_S', 0.0)
   stage = f'gs://{BUCKET}/metrics/pretrain'
-  for step in range(1, 31):
+  for step in range(1, 13):
     workdir.append_metrics(stage, {'step': step, 'loss': 1.0 / step})
   parts = emulator.objects(BUCKET, f'metrics/pretrain/{workdir.METRICS_PARTS}/')
-  assert len(parts) == 30  # One object per flush.
+  assert len(parts) == 12  # One object per flush.
   assert max(parts.values()) <= 2 * min(parts.values())  # Sizes do not grow with the run.
   assert not fs.exists(fs.join(stage, workdir.METRICS_FILE))
-  assert [r['step'] for r in workdir.read_metrics(stage)] == list(range(1, 31))
+  assert [r['step'] for r in workdir.read_metrics(stage)] == list(range(1, 13))
   workdir.merge_metrics(stage)  # Once per run segment.
   assert not emulator.objects(BUCKET, f'metrics/pretrain/{workdir.METRICS_PARTS}/')
-  assert [r['step'] for r in workdir.read_metrics(stage)] == list(range(1, 31))
-  workdir.append_metrics(stage, {'step': 31, 'loss': 0.0})
+  assert [r['step'] for r in workdir.read_metrics(stage)] == list(range(1, 13))
+  workdir.append_metrics(stage, {'step': 13, 'loss': 0.0})
   workdir.flush_metrics(stage)
-  assert [r['step'] for r in workdir.read_metrics(stage)] == list(range(1, 32))
+  assert [r['step'] for r in workdir.read_metrics(stage)] == list(range(1, 14))
 
 
 # ------------------------------------------------------------------- the main command on gs://
@@ -198,7 +199,7 @@ TINY_CHAIN = [
   '--config.knn.k=20', '--config.finetune.train.train_steps=2',
   '--config.finetune.train.global_batch_size=16', '--config.supervised.train.train_steps=2',
   '--config.supervised.train.global_batch_size=16', '--config.distill.train.train_steps=2',
-  '--config.distill.train.global_batch_size=16',
+  '--config.distill.train.global_batch_size=16', '--config.train.plots_at_end=False',
 ]
 STAGES = ('pretrain', 'finetune', 'distill', 'supervised')
 
@@ -212,13 +213,13 @@ def _table(output: str) -> list[str]:
 @pytest.mark.slow
 def test_the_demo_chain_on_a_flaky_bucket_killed_and_rerun_equals_the_chain_on_a_local_disk(
     emulator, tmp_path):
-  """pretrain -> finetune -> distill -> supervised in a bucket whose every 40th request fails
+  """pretrain -> finetune -> distill -> supervised in a bucket whose every 50th request fails
   (HTTP 503 or a dropped connection, in turn), killed (SIGKILL) during pretraining and rerun:
   the same table, every stage's losses and the pretrained state bit for bit as on a local disk
   (that run goes on beside it)."""
   bucket_run, local_run = f'gs://{BUCKET}/chain', str(tmp_path / 'chain')
   flaky = emulator.new_proxy()
-  flaky.fail_every, flaky.fault = 40, 'mixed'
+  flaky.fail_every, flaky.fault = 50, 'mixed'
   local = _main(local_run, *TINY_CHAIN, wait=False)
   killed = _main(bucket_run, *TINY_CHAIN, env=flaky.env(), wait=False)
   deadline = time.time() + 600
@@ -252,16 +253,12 @@ def test_the_demo_chain_on_a_flaky_bucket_killed_and_rerun_equals_the_chain_on_a
   objects = emulator.objects(BUCKET, 'chain/')
   for stage in STAGES:
     assert f'chain/{stage}/results.json' in objects
-    assert f'chain/{stage}/plots/curves.png' in objects
     assert any(name.startswith(f'chain/{stage}/checkpoints/') for name in objects)
-  assert 'chain/plots/stage_top1.png' in objects
   assert not any(workdir.METRICS_PARTS in name or name.endswith('.lock') for name in objects)
 
   # The commands that read a workdir or a SavedModel, with gs:// inputs and outputs, at once.
   official = shared_paths.OFFICIAL_TF2_FIXTURES / 'bottleneck_sk1' / 'saved_model'
   emulator.upload_tree(str(official), BUCKET, 'official/sk1/saved_model')
-  fs.remove(f'{bucket_run}/plots/stage_top1.png')  # visualize redraws them from the bucket.
-  fs.remove(f'{bucket_run}/finetune/plots/curves.png')
   out = f'gs://{BUCKET}/outputs'
   commands = [
     ['simclr_jax.embed', '--config=configs/demo.py', f'--workdir={bucket_run}/pretrain',
@@ -284,8 +281,9 @@ def test_the_demo_chain_on_a_flaky_bucket_killed_and_rerun_equals_the_chain_on_a
   assert any(name.startswith('outputs/exported/saved_model/') for name in written)
   features = np.load(io.BytesIO(fs.read_bytes(f'{out}/features.npz')))
   assert features['features'].shape == (200, 64) and features['labels'].shape == (200,)
-  redrawn = emulator.objects(BUCKET, 'chain/')
-  assert 'chain/plots/stage_top1.png' in redrawn and 'chain/finetune/plots/curves.png' in redrawn
+  drawn = emulator.objects(BUCKET, 'chain/')  # By visualize, from the bucket's records.
+  assert 'chain/plots/stage_top1.png' in drawn
+  assert all(f'chain/{stage}/plots/curves.png' in drawn for stage in STAGES)
   imported, _, meta = checkpoints.restore_variables(f'{out}/imported')
   expected, _, _ = import_tf2.convert_variables(
     import_tf2.read_variables(str(official)), official_fixture.get_config('sk1'))
