@@ -17,10 +17,10 @@ import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 import gcs_emulator
+import raw_checkpoint
 import shared_paths
 from configs import official_fixture
 from flax import traverse_util
@@ -243,8 +243,8 @@ def test_the_demo_chain_on_a_flaky_bucket_killed_and_rerun_equals_the_chain_on_a
     losses = [{r['step']: r['total_loss'] for r in records if 'total_loss' in r}
               for records in (remote, local_records)]
     assert losses[0] == losses[1] and losses[0], stage
-  step_a, state_a = _raw_state(f'{bucket_run}/pretrain')
-  step_b, state_b = _raw_state(f'{local_run}/pretrain')
+  step_a, state_a = raw_checkpoint.raw_state(f'{bucket_run}/pretrain')
+  step_b, state_b = raw_checkpoint.raw_state(f'{local_run}/pretrain')
   assert step_a == step_b == 12
   leaves_a, leaves_b = jax.tree.leaves(state_a), jax.tree.leaves(state_b)
   assert len(leaves_a) == len(leaves_b) > 10
@@ -292,16 +292,6 @@ def test_the_demo_chain_on_a_flaky_bucket_killed_and_rerun_equals_the_chain_on_a
   for key, value in flat(expected).items():
     np.testing.assert_array_equal(flat(imported)[key], value, err_msg=key)
   assert meta['imported_from'] == f'gs://{BUCKET}/official/sk1/saved_model'
-
-
-def _raw_state(stage_dir: str):
-  manager = checkpoints._read_only_manager(stage_dir)
-  step = manager.latest_step()
-  path = fs.join(checkpoints.checkpoint_dir(stage_dir), str(step), 'state')
-  tree = ocp.PyTreeCheckpointer().metadata(path).item_metadata
-  tree = getattr(tree, 'tree', tree)
-  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-  return step, ocp.PyTreeCheckpointer().restore(path, restore_args=as_numpy)
 
 
 TINY_PRETRAIN = [

@@ -11,9 +11,9 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
+import raw_checkpoint
 from configs import demo as demo_lib
 from simclr_jax import checkpoints, train, validation, workdir
 from simclr_jax.data import input as data_input
@@ -59,16 +59,6 @@ def _wait_for_step(process, stage_dir, step, timeout=240):
   raise AssertionError(f'step {step} not reached in {timeout}s')
 
 
-def _raw_state(stage_dir):
-  manager = checkpoints._read_only_manager(stage_dir)
-  step = manager.latest_step()
-  path = os.path.join(checkpoints.checkpoint_dir(stage_dir), str(step), 'state')
-  tree = ocp.PyTreeCheckpointer().metadata(path).item_metadata
-  tree = getattr(tree, 'tree', tree)
-  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-  return step, ocp.PyTreeCheckpointer().restore(path, restore_args=as_numpy)
-
-
 @pytest.mark.slow
 def test_sigkill_three_times_then_resume_is_bitwise_identical(tmp_path):
   steps = '--config.train.train_steps=12'
@@ -88,8 +78,8 @@ def test_sigkill_three_times_then_resume_is_bitwise_identical(tmp_path):
   assert final.wait(timeout=300) == 0, output[-3000:]
   assert 'Restored checkpoint of step' in output
 
-  step_a, state_a = _raw_state(tmp_path / 'straight' / 'pretrain')
-  step_b, state_b = _raw_state(killed_dir / 'pretrain')
+  step_a, state_a = raw_checkpoint.raw_state(tmp_path / 'straight' / 'pretrain')
+  step_b, state_b = raw_checkpoint.raw_state(killed_dir / 'pretrain')
   assert step_a == step_b == 12
   leaves_a, leaves_b = jax.tree.leaves(state_a), jax.tree.leaves(state_b)
   assert len(leaves_a) == len(leaves_b) > 10
