@@ -28,11 +28,6 @@ from etils import epath
 from simclr_jax.errors import ConfigError
 
 REMOTE_PREFIX = 'gs://'
-# TensorFlow's GCS client caches a file's metadata for 5 s by default; but a run's objects are
-# written by several hosts and by two clients (tensorstore for arrays, the lock): a cached stat
-# hides another writer's object, or its deletion, for those seconds. Read when the client is
-# first used, so it is set at import (an explicit setting of the user's is kept).
-os.environ.setdefault('GCS_STAT_CACHE_MAX_AGE', '0')
 
 
 class PathError(ConfigError):
@@ -247,32 +242,38 @@ def free_bytes(path: str) -> int | None:
   return None if is_remote(path) else shutil.disk_usage(path).free
 
 
-def create_new(path: str, text: str) -> bool:
-  """Writes `text` to `path` only if nothing is there; False if something was. Atomic.
+def create_new(path: str, text: str) -> tuple[bool, str]:
+  """Writes `text` to `path` only if nothing is there, atomically: (created, the text there now:
+  ours if created, the holder's if not, '' if it vanished meanwhile).
 
   A local disk: O_CREAT | O_EXCL. gs://: an upload with the generation precondition
   `ifGenerationMatch=0` (tensorstore's kvstore `if_equal` with the no-value generation), which
-  Cloud Storage applies atomically: of two concurrent creators exactly one succeeds.
+  Cloud Storage applies atomically: of two concurrent creators exactly one succeeds. The holder's
+  text is read through the same client (no cached metadata of another client in between).
   """
   if not is_remote(path):
     try:
       descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
-      return False
+      try:
+        return False, read_text(path)
+      except FileNotFoundError:
+        return False, ''
     with os.fdopen(descriptor, 'w') as file:
       file.write(text)
-    return True
+    return True, text
   store, key = _kvstore(path)
   try:
     current = store.read(key).result()
-    if current.state != 'missing':
-      return False
-    # `current.stamp.generation` is now the no-value generation: the write is create-only.
-    written = store.write(key, text.encode(), if_equal=current.stamp.generation).result()
+    if current.state == 'missing':
+      # `current.stamp.generation` is now the no-value generation: the write is create-only.
+      if store.write(key, text.encode(), if_equal=current.stamp.generation).result().generation:
+        return True, text
+      current = store.read(key).result()  # Someone else created it first.
   except ValueError as error:
     raise PathError(f'{path}: cannot create it ({str(error).splitlines()[0]}); check that the '
                     f'bucket gs://{bucket(path)} exists and is writable') from None
-  return bool(written.generation)  # Empty generation: the precondition failed.
+  return False, current.value.decode(errors='replace') if current.state == 'value' else ''
 
 
 def remove_if_unchanged(path: str, text: str) -> bool:

@@ -77,13 +77,13 @@ def lock(workdir: str):
   me = {'host': socket.gethostname(), 'pid': os.getpid(), 'since': time.strftime('%F %T')}
   mine = json.dumps(me)
   for attempt in range(3):  # A stale or vanishing lock is retried; a live one is not.
-    if fs.create_new(path, mine):
+    created, held = fs.create_new(path, mine)
+    if created:
       break
     try:
-      held = fs.read_text(path)
       holder = json.loads(held)
-    except (FileNotFoundError, ValueError):  # Released meanwhile, or half-written.
-      held, holder = '', {}
+    except ValueError:  # Released meanwhile (''), or half-written.
+      holder = {}
     pid, host = holder.get('pid'), holder.get('host')
     stale = host == me['host'] and isinstance(pid, int) and not _alive(pid)
     if stale and attempt < 2:

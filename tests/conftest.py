@@ -14,3 +14,5 @@ os.environ['XLA_FLAGS'] = _flags.strip()
 # Keep TensorFlow off any accelerator and quiet; the tests only use it for tf.data on CPU.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
+# As simclr_jax/__init__.py sets it, for test modules that import TensorFlow before the package.
+os.environ.setdefault('GCS_STAT_CACHE_MAX_AGE', '0')

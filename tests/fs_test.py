@@ -115,7 +115,7 @@ def test_url_paths_are_strings_not_local_paths():
 
 def _create(args):
   path, text = args
-  return fs.create_new(path, text)
+  return fs.create_new(path, text)[0]
 
 
 def test_create_new_is_atomic_across_processes(tmp_path):
@@ -125,6 +125,7 @@ def test_create_new_is_atomic_across_processes(tmp_path):
     won = pool.map(_create, [(path, f'process {i}') for i in range(8)])
   assert sum(won) == 1
   assert fs.read_text(path) == f'process {won.index(True)}'
+  assert fs.create_new(path, 'late') == (False, f'process {won.index(True)}')
   assert not fs.remove_if_unchanged(path, 'someone else')
   assert fs.remove_if_unchanged(path, f'process {won.index(True)}')
   assert not fs.exists(path)

@@ -363,6 +363,12 @@ class Emulator:
                                      data=data, method='POST')
     urllib.request.urlopen(request, timeout=60).close()
 
+  def read(self, bucket: str, name: str) -> bytes:
+    """An object's bytes, straight from the emulator."""
+    quoted = urllib.parse.quote(name, safe='')
+    with urllib.request.urlopen(f'{self.url}/storage/v1/b/{bucket}/o/{quoted}?alt=media') as got:
+      return got.read()
+
   def upload_tree(self, local: str, bucket: str, prefix: str) -> None:
     for folder, _, files in os.walk(local):
       for name in files:

@@ -103,7 +103,7 @@ def test_files_folders_and_errors_on_a_bucket(emulator):
 
 def _create(args):
   path, text = args
-  return fs.create_new(path, text)
+  return fs.create_new(path, text)[0]
 
 
 def test_create_new_on_a_bucket_is_atomic(emulator):
@@ -112,7 +112,7 @@ def test_create_new_on_a_bucket_is_atomic(emulator):
   with multiprocessing.get_context('spawn').Pool(6) as pool:
     won = pool.map(_create, [(path, f'process {i}') for i in range(6)])
   assert sum(won) == 1
-  assert fs.read_text(path) == f'process {won.index(True)}'
+  assert fs.create_new(path, 'late') == (False, f'process {won.index(True)}')
   # Two writers that both saw no object: the precondition lets only the first one through.
   store, key = fs._kvstore(f'gs://{BUCKET}/atomic/race')
   seen_a, seen_b = store.read(key).result(), store.read(key).result()
@@ -142,7 +142,7 @@ def test_workdir_lock_on_a_bucket(emulator, caplog):
   fs.write_text(fs.join(run, workdir.LOCK_FILE),
                 json.dumps({'host': socket.gethostname(), 'pid': int(dead), 'since': 'then'}))
   with workdir.lock(run):
-    held = json.loads(fs.read_text(fs.join(run, workdir.LOCK_FILE)))
+    held = json.loads(emulator.read(BUCKET, lock_object))
     assert held['pid'] == os.getpid()
   assert f'stale lock of pid {dead}' in caplog.text
   # Another host's lock is not: it may be running.
