@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import jax
@@ -53,12 +54,19 @@ def _main(workdir_url: str, *flags: str, env: dict | None = None, wait: bool = T
                               '--xla_backend_optimization_level=0')
   command = [sys.executable, '-m', 'simclr_jax.main', '--config=configs/demo.py',
              f'--workdir={workdir_url}', *flags]
-  process = subprocess.Popen(command, cwd=REPO, env=environment, stdout=subprocess.PIPE,
+  log = tempfile.TemporaryFile('w+')  # Not a pipe: a long log must never stall the run.
+  process = subprocess.Popen(command, cwd=REPO, env=environment, stdout=log,
                              stderr=subprocess.STDOUT, text=True)
+  process.log = log
   if not wait:
     return process
-  output = process.communicate(timeout=900)[0]
-  return process.returncode, output
+  process.wait(timeout=900)
+  return process.returncode, _output(process)
+
+
+def _output(process) -> str:
+  process.log.seek(0)
+  return process.log.read()
 
 
 # ------------------------------------------------------------------------------ the seam itself
@@ -224,14 +232,15 @@ def test_the_demo_chain_on_a_flaky_bucket_killed_and_rerun_equals_the_chain_on_a
   killed = _main(bucket_run, *TINY_CHAIN, env=flaky.env(), wait=False)
   deadline = time.time() + 600
   while 4 not in _finished_steps(emulator, 'chain/pretrain/checkpoints/'):
-    assert killed.poll() is None, killed.stdout.read()[-3000:]
+    assert killed.poll() is None, _output(killed)[-3000:]
     assert time.time() < deadline, 'no checkpoint appeared'
     time.sleep(0.05)
   killed.send_signal(signal.SIGKILL)
   killed.wait()
   code, on_bucket = _main(bucket_run, *TINY_CHAIN, env=flaky.env())
   assert code == 0, on_bucket[-4000:]
-  on_disk = local.communicate(timeout=900)[0]
+  local.wait(timeout=900)
+  on_disk = _output(local)
   assert local.returncode == 0, on_disk[-4000:]
   resumed = re.search(r'pretrain: resuming from step (\d+) ', on_bucket)
   assert resumed and int(resumed[1]) in (4, 8), on_bucket[:6000]  # Killed during pretraining.
@@ -492,15 +501,15 @@ def test_two_hosts_share_a_bucket_workdir_and_hand_over_between_stages(emulator)
   deadline = time.time() + 300
   while f'two_hosts/{workdir.LOCK_FILE}' not in emulator.objects(BUCKET, 'two_hosts/'):
     for worker in workers:
-      assert worker.poll() is None, worker.stdout.read()[-4000:]
+      assert worker.poll() is None, _output(worker)[-4000:]
     assert time.time() < deadline
     time.sleep(0.1)
   code, output = _main(run, *flags)  # A third start while they run.
   assert code == 1 and re.match(r"error: workdir 'gs://bkt/two_hosts' is in use by pid \d+ on ",
                                 output.strip().splitlines()[-1]), output[-2000:]
   for worker in workers:
-    output = worker.communicate(timeout=600)[0]
-    assert worker.returncode == 0, output[-4000:]
+    worker.wait(timeout=600)
+    assert worker.returncode == 0, _output(worker)[-4000:]
 
   finetune = json.loads(fs.read_text(f'{run}/finetune/results.json'))
   assert finetune['restored_from'] == f'{run}/pretrain' and finetune['steps'] == 2
