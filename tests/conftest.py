@@ -16,3 +16,23 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
 # As simclr_jax/__init__.py sets it, for test modules that import TensorFlow before the package.
 os.environ.setdefault('GCS_STAT_CACHE_MAX_AGE', '0')
+
+import pytest  # noqa: E402 - after the environment above.
+
+
+@pytest.fixture(scope='module')
+def emulator(tmp_path_factory):
+  import gcs_emulator  # The emulated bucket of gcs_test.py and gcs_seam_test.py.
+
+  emu = gcs_emulator.Emulator(tmp_path_factory.mktemp('gcs'))
+  emu.create_bucket('bkt')
+  env = emu.env()
+  saved = {name: os.environ.get(name) for name in env}
+  os.environ.update(env)  # This process and every child it starts use the emulator.
+  yield emu
+  for name, value in saved.items():
+    if value is None:
+      os.environ.pop(name, None)
+    else:
+      os.environ[name] = value
+  emu.stop()
