@@ -14,20 +14,12 @@ if REPO not in sys.path:  # `configs` and `simclr_jax` import from the repo root
   sys.path.insert(0, REPO)
 RESULTS_DIR = os.path.join(REPO, 'benchmarks', 'results')
 
-# Dense peak TFLOP/s per chip at bf16, from vendor specs: NVIDIA H100 SXM datasheet (989, without
-# sparsity), NVIDIA A100 datasheet (312), Google Cloud TPU system architecture pages (v4 275,
-# v5e 197, v5p 459). Matched against `jax.Device.device_kind`.
-PEAK_BF16_TFLOPS = (
-  ('H100', 989.0), ('A100', 312.0), ('TPU v5 lite', 197.0), ('TPU v5e', 197.0),
-  ('TPU v5p', 459.0), ('TPU v5', 459.0), ('TPU v4', 275.0),
-)
-
-
 def peak_tflops(device_kind: str) -> float | None:
-  for name, peak in PEAK_BF16_TFLOPS:
-    if name.lower() in device_kind.lower():
-      return peak
-  return None
+  """Dense bf16 peak of one device: the table the training loop's MFU uses (perf.PEAKS)."""
+  from simclr_jax import perf
+
+  peak = perf.peak_of(device_kind)
+  return peak.tflops if peak else None
 
 
 def load_config(path: str):

@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> dict:
   parser.add_argument('--batch', type=int, default=0, help='global batch; 0 = config value')
   parser.add_argument('--steps', type=int, default=10, help='timed steps after warm-up')
   parser.add_argument('--width', type=float, default=0.0, help='override model.width_multiplier')
+  parser.add_argument('--dtype', default='', help="override model.compute_dtype ('bfloat16')")
   parser.add_argument('--num_classes', type=int, default=10)
   parser.add_argument('--output', default='')
   args = parser.parse_args(argv)
@@ -43,6 +44,8 @@ def main(argv: list[str] | None = None) -> dict:
     config.train.global_batch_size = args.batch
   if args.width:
     config.model.width_multiplier = args.width
+  if args.dtype:
+    config.model.compute_dtype = args.dtype
   config.train.train_steps = 1000  # Only the schedule's length; no data is read.
   batch_size, image_size = config.train.global_batch_size, config.data.image_size
   mesh = sharding.make_mesh()

@@ -81,6 +81,8 @@ def get_config() -> ml_collections.ConfigDict:
   train.skip_nonfinite_updates = False  # Skip (not apply) updates with NaN/Inf gradients.
   train.shard_state = False  # Split params and optimizer state over devices (big models).
   train.allow_config_change = False  # Continue a workdir whose saved config differs.
+  train.profile_steps = ''  # 'START,COUNT': a jax.profiler trace of those steps (TensorBoard).
+  train.profile_all_hosts = False  # Profile on every host, not only on process 0.
 
   # ---- kNN monitor (pretraining) ----------------------------------------------------------
   config.knn = knn = ml_collections.ConfigDict()

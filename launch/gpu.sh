@@ -12,6 +12,9 @@
 #   --log-dir=DIR   process i's output goes to DIR/process_i.log here (default /tmp/simclr_gpu_logs)
 #   --dry-run       print every command instead of running it
 #
+# Every host needs the checkout installed with the cuda extra (python3 -m venv .venv &&
+# .venv/bin/pip install -e '.[cuda]'); benchmarks/device_check.py checks one host.
+#
 # Each process runs, from the checkout (remote hosts through ssh, this machine directly):
 #   python -m simclr_jax.main --config=CONFIG --workdir=WORKDIR \
 #     --config.distributed.initialize=True --config.distributed.coordinator_address=HOST0:PORT \

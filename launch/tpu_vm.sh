@@ -10,6 +10,8 @@
 #   --project=P            gcloud project (default: gcloud's configured project)
 #   --skip-install         do not copy and install the checkout (already on the workers)
 #   --skip-plan            do not run the pre-flight plan
+#   --replan               compile the plan again even when a plan for the same config, slice,
+#                          jax, libtpu and code exists (workdirs/plans/; otherwise reused)
 #   --dry-run              print every command instead of running it (the plan still runs)
 #
 # Pre-flight: the bucket of WORKDIR must exist and be writable from this machine (checked with a
@@ -17,7 +19,9 @@
 # (with its overrides) is
 # first compiled for that slice on this machine (python -m simclr_jax.plan, needs the [tpu]
 # extra; PYTHON=... picks the interpreter). A config that does not fit is refused, with the plan's
-# one-line reason, before anything is created or started.
+# one-line reason, before anything is created or started. A plan made before for the same config,
+# slice, jax, libtpu and code is reused (seconds instead of a compile); the plan is also copied to
+# WORKDIR/plan.json, where the run compares its measured step time with the plan's bound.
 #
 # Steps: [create] -> pack this checkout (without .git, .venv, workdirs) -> scp it to every
 # worker -> install it with the [tpu] extra in ~/simclr_venv -> start the same command on all
@@ -30,13 +34,13 @@ set -euo pipefail
 
 usage() {
   echo "usage: $0 [--create] [--accelerator-type=T] [--version=V] [--spot] [--project=P]" \
-    "[--skip-install] [--skip-plan] [--dry-run] TPU_NAME ZONE CONFIG gs://BUCKET/WORKDIR" \
+    "[--skip-install] [--skip-plan] [--replan] [--dry-run] TPU_NAME ZONE CONFIG gs://BUCKET/WORKDIR" \
     "[--config.field=value ...]" >&2
   exit 2
 }
 
 create=0 accelerator_type=v4-8 version=tpu-ubuntu2204-base spot=0 project='' install=1 dry_run=0
-plan=1 accelerator_given=0
+plan=1 accelerator_given=0 replan=()
 positional=() overrides=()
 for arg in "$@"; do
   case $arg in
@@ -47,6 +51,7 @@ for arg in "$@"; do
     --project=*) project=${arg#*=} ;;
     --skip-install) install=0 ;;
     --skip-plan) plan=0 ;;
+    --replan) replan=(--replan) ;;
     --dry-run) dry_run=1 ;;
     --config.*) overrides+=("$arg") ;;
     -h|--help) usage ;;
@@ -80,8 +85,11 @@ fi
 if [ "$plan" = 1 ] && { [ "$create" = 1 ] || [ "$accelerator_given" = 1 ]; }; then
   echo "Pre-flight: compiling $config for $accelerator_type (python -m simclr_jax.plan)..." >&2
   plan_log=$(mktemp)
+  plan_workdir=()
+  [ "$dry_run" = 1 ] || plan_workdir=(--workdir="$workdir")  # The run compares its step time.
   if ! (cd "$repo" && "${PYTHON:-python3}" -m simclr_jax.plan --config="$config" \
-      --accelerator-type="$accelerator_type" ${overrides[@]+"${overrides[@]}"}) >"$plan_log" 2>&1
+      --accelerator-type="$accelerator_type" ${replan[@]+"${replan[@]}"} \
+      ${plan_workdir[@]+"${plan_workdir[@]}"} ${overrides[@]+"${overrides[@]}"}) >"$plan_log" 2>&1
   then
     grep -v '^error: ' "$plan_log" >&2 || true
     reason=$(grep '^error: ' "$plan_log" | tail -1)

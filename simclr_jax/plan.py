@@ -18,6 +18,7 @@ program, but step times are lower bounds (no communication, no input stalls, no 
 """
 
 import dataclasses
+import importlib.metadata
 import json
 import math
 import re
@@ -28,14 +29,15 @@ from typing import Any
 # First: tpu_slices sets libtpu's environment, which must precede importing JAX.
 from simclr_jax.tpu_slices import GIB, PlanError, Slice, parse_accelerator_type, slice_devices
 
-import flax.linen as nn  # noqa: E402 - after tpu_slices (above).
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from simclr_jax import cli, evaluation, fs, run, sharding, stages, train, validation  # noqa: E402
+from simclr_jax import (cli, evaluation, fs, perf, run, sharding, stages, train,  # noqa: E402
+                        validation)
+from simclr_jax.perf import forward_flops  # noqa: E402, F401 - the plan's FLOP count, re-exported
 from simclr_jax.data import input as data_input  # noqa: E402
 from simclr_jax.data import subsets, views  # noqa: E402
 from simclr_jax.models import load  # noqa: E402
@@ -61,27 +63,6 @@ def dataset_facts(config, stage: str) -> tuple[int, int]:
 
   source = data_input.load_source(config, config.data.train_split, dataset)
   return source.num_classes, source.num_examples
-
-
-def forward_flops(model, image_size: int) -> int:
-  """Analytic FLOPs of one image's forward pass: 2 x the multiply-adds of every convolution and
-  dense layer (out positions x kernel size), the usual 'model FLOPs' (no BatchNorm, no ReLU)."""
-
-  total = [0]
-
-  def count(next_fun, args, kwargs, context):
-    out = next_fun(*args, **kwargs)
-    module = context.module
-    if context.method_name == '__call__' and isinstance(module, (nn.Conv, nn.Dense)):
-      kernel = module.get_variable('params', 'kernel')
-      total[0] += 2 * math.prod(out.shape[:-1]) * math.prod(kernel.shape)
-    return out
-
-  images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
-  variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
-  with nn.intercept_methods(count):
-    jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, images)
-  return total[0]
 
 
 def _bytes_per_device(tree: Any) -> int:
@@ -161,9 +142,7 @@ def compile_stage(config, stage: str, tpu_slice: Slice, devices: list) -> dict[s
     'batch_gib': _bytes_per_device(batch) / GIB,
     'capacity_gib': tpu_slice.hbm_per_device / GIB,
   }
-  model_flops = 3 * forward_flops(parts.model, size) * num_views  # Forward + backward, all devices.
-  if teacher_model is not None:
-    model_flops += forward_flops(teacher_model, size) * num_views
+  model_flops = perf.step_flops(parts.model, size, num_views, teacher_model)  # All devices.
   row['model_tflop_per_device'] = model_flops / len(devices) / 1e12
   if row['state_gib'] + row['batch_gib'] > row['capacity_gib']:
     row.update(fits=False, needed_gib=row['state_gib'] + row['batch_gib'],
@@ -337,26 +316,70 @@ def make_plan(config, accelerator_type: str, topology: str = '', max_fix_compile
   }
 
 
+def fingerprint(config, accelerator_type: str, topology: str, max_fix_compiles: int) -> dict:
+  """What a plan depends on: the config (overrides included), the slice, the compiler (jax,
+  libtpu) and this package's code. A plan with the same fingerprint is reused."""
+  return {'config_hash': perf.config_hash(config), 'accelerator_type': accelerator_type,
+          'topology': topology, 'max_fix_compiles': max_fix_compiles, 'jax': jax.__version__,
+          'libtpu': _libtpu_version(), 'code': perf.code_hash()}
+
+
+def _libtpu_version() -> str:
+  for name in ('libtpu', 'libtpu-nightly'):
+    try:
+      return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      continue
+  return ''
+
+
+def reusable(out: str, wanted: dict) -> tuple[dict | None, str]:
+  """(the plan in `out`, '') when its fingerprint is `wanted`; else (None, why not)."""
+  if not fs.exists(out):
+    return None, ''
+  try:
+    plan = json.loads(fs.read_text(out))
+  except (OSError, ValueError):
+    return None, f'{out} is not a readable plan'
+  differing = sorted(key for key in wanted if plan.get('fingerprint', {}).get(key) != wanted[key])
+  if differing:
+    return None, f'{out} was made with another {", ".join(differing)}'
+  return plan, ''
+
+
 def main(argv: list[str], flag_values) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   logging.set_verbosity(logging.WARNING)
 
-  config, accelerator_type, topology, out, max_fix_compiles = (
+  config, accelerator_type, topology, out, max_fix_compiles, replan, workdir = (
     holder.value for holder in flag_values)
   default_out = fs.join('workdirs', 'plans', f'{config.name}-{accelerator_type}.json')
   out = out or default_out
-  try:
-    plan = make_plan(config, accelerator_type, topology, max_fix_compiles,
-                     log=lambda line: print(line, file=sys.stderr, flush=True))
-  except (PlanError, validation.ConfigError, FileNotFoundError) as error:
-    sys.exit(f'error: {error}')
-  fs.makedirs(fs.parent(fs.absolute(out)))
-  with fs.open(out, 'w') as file:
-    json.dump(plan, file, indent=2)
+  wanted = fingerprint(config, accelerator_type, topology, max_fix_compiles)
+  plan, why_not = (None, '') if replan else reusable(out, wanted)
+  reused = plan is not None
+  if reused:
+    print(f'Reusing the plan in {out}: the same config, slice, jax {wanted["jax"]}, libtpu '
+          f'{wanted["libtpu"] or "-"} and code ({wanted["code"]}); --replan compiles again.',
+          file=sys.stderr)
+  else:
+    if why_not:
+      print(f'{why_not}: compiling again.', file=sys.stderr)
+    try:
+      plan = make_plan(config, accelerator_type, topology, max_fix_compiles,
+                       log=lambda line: print(line, file=sys.stderr, flush=True))
+    except (PlanError, validation.ConfigError, FileNotFoundError) as error:
+      sys.exit(f'error: {error}')
+    plan.update(fingerprint=wanted, config_hash=wanted['config_hash'])
+    fs.makedirs(fs.parent(fs.absolute(out)))
+    fs.write_text(out, json.dumps(plan, indent=2))
+  if workdir:  # The run compares its measured step time with the plan (run.PLAN_FILE).
+    fs.makedirs(workdir)
+    fs.write_text(fs.join(workdir, run.PLAN_FILE), json.dumps(plan, indent=2))
   print(f'\n{config.name} on {accelerator_type} ({plan["topology"]}), per device; HBM in GiB:')
   print(table(plan['stages']))
-  print(f'\n{plan["note"]}\nPlan written to {out}')
+  print(f'\n{plan["note"]}\nPlan {"reused from" if reused else "written to"} {out}')
   for row in plan['stages']:
     if not row['fits']:
       fix = f'; fits with {" ".join(row["fix"]["flags"])}' if row.get('fix') else ''
@@ -374,6 +397,10 @@ def _define_flags():
                         'workdirs/plans/<config.name>-<accelerator type>.json.'),
     flags.DEFINE_integer('max-fix-compiles', 3, 'Compiles spent looking for a fix of a stage '
                          'that does not fit (0: none).'),
+    flags.DEFINE_bool('replan', False, 'Compile again even when OUT holds a plan made for the '
+                      'same config, slice, jax, libtpu and code (which is otherwise reused).'),
+    flags.DEFINE_string('workdir', '', 'Also write the plan to WORKDIR/plan.json, where the run '
+                        'compares its measured step time with it (launch/tpu_vm.sh sets it).'),
   )
   flags.mark_flags_as_required(['config', 'accelerator-type'])
   return holders

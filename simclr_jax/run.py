@@ -6,6 +6,7 @@ path, as its registry entry says (`stages.Restore`): finetune from `finetune.ini
 workdir/pretrain), distill's teacher from `distill.teacher_workdir` (default workdir/finetune).
 """
 
+import json
 from typing import Any
 
 import jax
@@ -13,7 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from simclr_jax import checkpoints, fs, stages, train, validation, visualize
+from simclr_jax import checkpoints, fs, perf, stages, train, validation, visualize
 from simclr_jax import workdir as workdir_lib
 from simclr_jax.data import input as data_input
 from simclr_jax.data import resident
@@ -75,6 +76,31 @@ def _init_from(config, stage: stages.Stage, source: str) -> dict[str, Any]:
   return {'params': merged_params, 'batch_stats': merged_stats}
 
 
+PLAN_FILE = 'plan.json'  # launch/tpu_vm.sh copies the pre-flight plan here.
+
+
+def _plan(workdir: str) -> dict[str, Any] | None:
+  """WORKDIR/plan.json (the pre-flight plan of this run's slice), if there is one."""
+  path = fs.join(workdir, PLAN_FILE)
+  if not fs.exists(path):
+    return None
+  try:
+    return json.loads(fs.read_text(path))
+  except (OSError, ValueError) as error:
+    logging.warning('%s is not a readable plan (%s); the step time is not compared.', path, error)
+    return None
+
+
+def _plan_row(plan: dict[str, Any] | None, config, stage: str, workdir: str) -> dict | None:
+  if plan is None:
+    return None
+  row, why_not = perf.plan_row_for_run(plan, config, stage)
+  if row is None:
+    logging.info('%s: %s not compared with the step time: %s.', stage,
+                 fs.join(workdir, PLAN_FILE), why_not)
+  return row
+
+
 def _plot_stage(config: ml_collections.ConfigDict, directory: str, variables: dict) -> None:
   """A finished stage's plots into directory/plots (train.plots_at_end; never fails the stage)."""
   try:
@@ -93,6 +119,7 @@ def run_stages(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dic
   for stage in names:
     validation.validate_stage(config, stage, jax.device_count(), jax.process_count())
   all_results = {}
+  plan = _plan(workdir)
   for stage in names:
     directory = stage_workdir(workdir, stage)
     if _is_complete(directory):
@@ -104,7 +131,8 @@ def run_stages(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dic
     all_results[stage] = train.train_and_evaluate(
       stage_config(config, stage), directory, stage=stage,
       init=_init_for(config, stages.get(stage), workdir),
-      on_done=_plot_stage if config.train.plots_at_end else None)
+      on_done=_plot_stage if config.train.plots_at_end else None,
+      plan_row=_plan_row(plan, config, stage, workdir))
   if config.train.plots_at_end and len(names) > 1 and jax.process_index() == 0:
     try:
       visualize.render_run_plots(config, workdir, which=('stages',))
@@ -116,15 +144,17 @@ def run_stages(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dic
 def results_table(all_results: dict[str, dict[str, Any]]) -> str:
   """A short plain-text table: one row per stage."""
   header = (f'{"stage":<11} {"top-1":>7} {"top-5":>7} {"kNN":>7} {"steps":>7} {"labels":>7} '
-            f'{"time":>8}')
+            f'{"time":>8} {"img/s":>7}')
   rows = [header, '-' * len(header)]
   for stage, results in all_results.items():
     def pct(key):
       return f'{100 * results[key]:6.1f}%' if key in results else '      -'
     labels = results.get('num_labelled_examples', '-')
+    speed = f'{results["images_per_s"]:7.0f}' if results.get('images_per_s') else '      -'
     rows.append(
       f'{stage:<11} {pct("eval_top1")} {pct("eval_top5")} {pct("knn_top1")} '
-      f'{results.get("steps", 0):>7} {labels!s:>7} {results.get("wall_time_s", 0):>7.0f}s'
+      f'{results.get("steps", 0):>7} {labels!s:>7} {results.get("wall_time_s", 0):>7.0f}s '
+      f'{speed}'
     )
   for stage in all_results:
     if stage in stages.REGISTRY and stages.get(stage).top1_note:

@@ -22,7 +22,7 @@ import optax
 from absl import logging
 from clu import parameter_overview
 
-from simclr_jax import (checkpoints, evaluation, fs, optim, progress, sharding, stages,
+from simclr_jax import (checkpoints, evaluation, fs, optim, perf, progress, sharding, stages,
                         validation)
 from simclr_jax import workdir as workdir_lib
 from simclr_jax.data import input as data_input
@@ -141,12 +141,15 @@ class _Prepared:
 def train_and_evaluate(
   config: ml_collections.ConfigDict, workdir: str, stage: str = 'pretrain', init: Init = Init(),
   on_done: Callable[[ml_collections.ConfigDict, str, dict], None] | None = None,
+  plan_row: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
   """Runs (or resumes) one stage in `workdir`; returns the results written to results.json.
 
   `config` is the stage's derived config (`stages.Stage.derive`); `init` what it starts from.
   `on_done(config, workdir, variables)` runs at the end with the final variables on the host
-  (`run.py` draws the plots there: this layer never imports the plotting one).
+  (`run.py` draws the plots there: this layer never imports the plotting one). `plan_row`, the
+  stage's row of a plan.json made for this config and slice, is compared with the measured step
+  time once after warm-up.
   """
   start_time = time.time()
   validation.validate_config(config, num_devices=jax.device_count(),
@@ -191,10 +194,11 @@ def train_and_evaluate(
     writer.write_hparams(_flat_hparams(config))
   steps_per_epoch = prepared.data.num_examples / config.train.global_batch_size
   logging.info(
-    '%s: %d steps (%.1f epochs of %d examples, global batch %d) on %d devices from step %d.',
-    stage, total_steps, total_steps / steps_per_epoch, prepared.data.num_examples,
-    config.train.global_batch_size, jax.device_count(), start_step,
-  )
+    '%s: %d steps (%.1f epochs of %d examples, global batch %d) on %d devices from step %d; '
+    '%d parameters in %d tensors (%s).', stage, total_steps, total_steps / steps_per_epoch,
+    prepared.data.num_examples, config.train.global_batch_size, jax.device_count(), start_step,
+    sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params)),
+    len(jax.tree.leaves(state.params)), fs.join(workdir, 'parameters.txt'))
 
   workdir_lib.write_config(requested_config, workdir)  # Only now: every input was found.
   train_step = make_train_step(
@@ -203,6 +207,14 @@ def train_and_evaluate(
   eval_step = evaluation.make_eval_step(prepared.model, mesh, views.make_eval_view(config))
   knn = _KnnMonitor(config, prepared.model, mesh) if prepared.stage.knn else None
   report_progress = progress.create_progress(total_steps, writer)
+  global_batch = config.train.global_batch_size
+  teacher_model = init.teacher.model if init.teacher else None
+  meter = perf.StepMeter(stage, global_batch, prepared.stage.num_views, perf.step_flops(
+    prepared.model, config.data.image_size, global_batch * prepared.stage.num_views,
+    teacher_model))
+  verdicts = perf.Verdicts(stage, plan_row)
+  profiler = perf.Profiler(workdir, config.train.profile_steps, start_step + 1,
+                           all_hosts=config.train.profile_all_hosts)
 
   def log(step: int, metrics: dict[str, float]) -> None:
     writer.write_scalars(step, metrics)
@@ -214,15 +226,21 @@ def train_and_evaluate(
   watcher = workdir_lib.PreemptionWatcher()
   try:
     for step in range(start_step + 1, total_steps + 1):
+      profiler.before(step)
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
-        batch = sharding.global_batch_from_host(mesh, next(batches))
+        with meter.input(step):
+          batch = sharding.global_batch_from_host(mesh, next(batches))
         state, metrics = train_step(state, batch, teacher, prepared.data.resident)
+      meter.dispatched(step, metrics)
+      profiler.after(step, metrics)
       history.append(metrics)
       report_progress(step)
       if progress.itstime(step, config.train.log_every_steps, total_steps):
         summary = _mean_metrics(history)
         _check_finite(summary, last_logged + 1, step)
-        log(step, {**summary, 'epoch': step / steps_per_epoch})
+        figures = meter.window(step)
+        log(step, {**summary, **figures, 'epoch': step / steps_per_epoch})
+        verdicts(last_logged + 1, step, figures)
         history, last_logged = [], step
       if progress.itstime(step, config.train.eval_every_steps, total_steps, last=False):
         accuracy = evaluation.classification_accuracy(
@@ -244,6 +262,8 @@ def train_and_evaluate(
                         step, workdir)
         raise workdir_lib.Preempted(f'{stage} stopped at step {step}; rerun to resume')
   finally:
+    profiler.stop()
+    meter.close()
     watcher.close()
     manager.wait_until_finished()  # A save in flight when an error stops the loop completes.
     try:
@@ -271,6 +291,7 @@ def train_and_evaluate(
       final['knn_top1'] = results['knn_top1'] = knn(state)
     log(total_steps, final)
     workdir_lib.merge_metrics(workdir)
+  results.update(meter.summary())  # This segment's throughput, input wait, MFU, memory.
   results['wall_time_s'] = earlier_segments_s + time.time() - start_time  # All segments.
   results['resumed_from_step'] = start_step
   results['restored_from'] = init.source
@@ -318,10 +339,7 @@ def _check_finite(metrics: dict[str, float], first_step: int, last_step: int) ->
 
 
 def _write_parameter_table(params: Any, workdir: str) -> None:
-  """The per-tensor table to workdir/parameters.txt; one line in the log."""
-  count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
-  logging.info('%d parameters in %d tensors (table in %s/parameters.txt).', count,
-               len(jax.tree.leaves(params)), workdir)
+  """The per-tensor table to workdir/parameters.txt (its totals are in the stage's first line)."""
   if jax.process_index() == 0:
     table = parameter_overview.get_parameter_overview(params, include_stats=False)
     fs.write_text(fs.join(workdir, 'parameters.txt'), table + '\n')

@@ -162,6 +162,16 @@ def validate_optim(optim: ml_collections.ConfigDict) -> None:
   )
 
 
+def parse_profile_steps(text: str) -> tuple[int, int] | None:
+  """'START,COUNT' -> (START, COUNT), both >= 1; '' -> None; ValueError on anything else."""
+  if not text.strip():
+    return None
+  start, count = (int(part) for part in text.split(','))
+  if start < 1 or count < 1:
+    raise ValueError(text)
+  return start, count
+
+
 def validate_train(train: ml_collections.ConfigDict, num_devices: int, num_processes: int) -> None:
   batch = train.global_batch_size
   _require(batch >= 1, f'train.global_batch_size={batch} must be >= 1')
@@ -193,6 +203,12 @@ def validate_train(train: ml_collections.ConfigDict, num_devices: int, num_proce
     value = train[field]
     _require(value >= 1, f'train.{field}={value} must be >= 1')
   _require(train.eval_every_steps >= 0, f'train.eval_every_steps={train.eval_every_steps} < 0')
+  try:
+    parse_profile_steps(train.profile_steps)
+  except ValueError:
+    raise ConfigError(
+      f'train.profile_steps={train.profile_steps!r} is not START,COUNT; use e.g. '
+      '--config.train.profile_steps=20,5 (a trace of steps 20-24) or an empty string') from None
 
 
 

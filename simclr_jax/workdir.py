@@ -41,6 +41,7 @@ MAY_CHANGE = (
   'train.checkpoint_every_steps', 'train.keep_checkpoints', 'train.eval_every_steps',
   'train.eval_batch_size', 'train.eval_at_end', 'train.allow_config_change', 'train.plots_at_end',
   'train.shard_state',  # Checkpoints restore into either layout.
+  'train.profile_steps', 'train.profile_all_hosts',
   'data.tfds_data_dir', 'data.folder',  # Where the data lives does not define the run.
   'compilation_cache_dir', 'knn.', 'distributed.',
   'stages', 'name',

@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 
 import pytest
@@ -70,3 +71,20 @@ def test_cifar10_on_demo_folder(tmp_path):
                                       '--knn_k=5', f'--workdir={tmp_path / "work"}'])
   assert result['steps'] == 2 and result['views_per_s'] > 0
   assert 0.0 <= result['eval_top1'] <= 1.0
+
+
+def test_device_check_runs_every_part_and_prints_one_table(tmp_path):
+  """benchmarks/device_check.py --quick: the script a lent GPU runs, kept working on the CPU."""
+  result = subprocess.run(
+    [sys.executable, os.path.join(BENCHMARKS, 'device_check.py'), '--quick',
+     f'--out={tmp_path}'], capture_output=True, text=True, timeout=900,
+    cwd=os.path.dirname(BENCHMARKS))
+  assert result.returncode == 0, result.stdout + result.stderr
+  summary = json.loads((tmp_path / 'summary.json').read_text())
+  assert [row['part'] for row in summary] == ['train_step', 'demo', 'input_pipeline']
+  assert all(row['ok'] for row in summary)
+  demo = summary[1]
+  assert demo['images_per_s'] > 0 and 0 <= demo['input_wait'] < 1 and demo['device'] == 'cpu'
+  assert summary[0]['views_per_s_per_device'] > 0 and summary[2]['images_per_s'] > 0
+  table = result.stdout[result.stdout.index('Device check (quick)'):].splitlines()
+  assert len(table) == 5 and table[1].startswith('part') and table[3].startswith('demo ')

@@ -5,11 +5,13 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import jax
 import numpy as np
 import pytest
 
+from configs import demo as demo_lib
 from simclr_jax import plan, sharding
 from simclr_jax.models import load
 
@@ -114,13 +116,17 @@ def test_resnet50_forward_flops_as_published():
   assert 7.9e9 < flops < 8.6e9, flops
 
 
-def test_config_that_cannot_fit_is_refused_in_one_line(tmp_path):
-  out = tmp_path / 'plan.json'
-  result = subprocess.run(
+def _plan_cli(out, *extra):
+  return subprocess.run(
     [sys.executable, '-m', 'simclr_jax.plan', '--config=configs/demo.py',
      '--accelerator-type=v5litepod-4', '--config.stages=pretrain,',
-     '--config.train.global_batch_size=33554432', f'--out={out}'],
+     '--config.train.global_batch_size=33554432', f'--out={out}', *extra],
     capture_output=True, text=True, cwd=REPO, timeout=600)
+
+
+def test_config_that_cannot_fit_is_refused_in_one_line_and_the_plan_reused(tmp_path, capsys):
+  out = tmp_path / 'plan.json'
+  result = _plan_cli(out)
   assert result.returncode == 1
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith('error: pretrain does not fit on v5litepod-4: needs ')
@@ -135,3 +141,29 @@ def test_config_that_cannot_fit_is_refused_in_one_line(tmp_path):
   # 2^23 examples per device x (32 x 32 x 3 uint8 canvas + size, label, index, epoch: 3092 B)
   # = 24.2 GiB with the state, over the 14.9 GiB of a v5e chip.
   assert row.startswith('| demo | v5litepod-4 (v5e:2x2) | pretrain | 4 | 8388608 | **no** | 24.2')
+
+  # A second pre-flight of the same config and slice reuses the plan (same config, slice, jax,
+  # libtpu and code) without compiling; --workdir leaves a copy where the run finds it.
+  made = saved
+  assert set(made['fingerprint']) == {'config_hash', 'accelerator_type', 'topology',
+                                      'max_fix_compiles', 'jax', 'libtpu', 'code'}
+  assert made['fingerprint']['libtpu']  # The [test] extra brings libtpu.
+  assert 'compiling the train and eval steps' in result.stderr
+  again = _plan_cli(out, f'--workdir={tmp_path / "run"}')
+  assert again.returncode == 1 and 'compiling' not in again.stderr
+  assert f'Reusing the plan in {out}' in again.stderr
+  assert again.stderr.strip().splitlines()[-1] == last
+  assert json.loads((tmp_path / 'run' / 'plan.json').read_text()) == made
+  assert json.loads(out.read_text()) == made  # Not rewritten.
+  for key in ('config_hash', 'code', 'libtpu'):
+    wanted = {**made['fingerprint'], key: 'other'}
+    assert plan.reusable(str(out), wanted) == (None, f'{out} was made with another {key}')
+  # --replan compiles again (the command's main in this process, with its flag values).
+  config = demo_lib.get_config()
+  config.stages = ('pretrain',)
+  config.train.global_batch_size = 33554432
+  values = (config, 'v5litepod-4', '', str(out), 3, True, '')
+  with pytest.raises(SystemExit):
+    plan.main(['plan'], [types.SimpleNamespace(value=value) for value in values])
+  forced = capsys.readouterr().err
+  assert 'compiling the train and eval steps' in forced and 'Reusing' not in forced
