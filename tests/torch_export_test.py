@@ -11,6 +11,10 @@ import ast
 import functools
 import importlib.util
 import itertools
+import os
+import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +33,7 @@ from simclr_jax.models import load
 
 import shared_paths
 
+REPO = pathlib.Path(__file__).resolve().parent.parent
 ENDPOINTS = ('initial_conv', 'initial_max_pool', 'block_group1', 'block_group2', 'block_group3',
              'block_group4', 'final_avg_pool', 'proj_head_input', 'proj_head_output', 'logits_sup')
 # Issue 24 / fixture README: relative error max|ours - ref| / max(max|ref|, 1e-6).
@@ -331,3 +336,35 @@ def test_missing_torch_names_the_extra(monkeypatch):
   monkeypatch.setattr(builtins, '__import__', no_torch)
   with pytest.raises(ImportError, match=r"pip install -e '\.\[torch\]'"):
     torch_export.write_torch('/nonexistent', None, {}, {})
+
+
+@pytest.mark.slow
+def test_official_saved_model_to_pytorch_with_the_two_commands(tmp_path):
+  """docs/PYTORCH.md: import_tf2, then export --format=torch, then the PyTorch snippet."""
+  root = shared_paths.OFFICIAL_TF2_FIXTURES / 'bottleneck_sk1'
+  workdir, output = tmp_path / 'imported', tmp_path / 'torch'
+  commands = (
+    ['simclr_jax.import_tf2', f'--saved_model={root / "saved_model"}',
+     '--config=configs/official_fixture.py:sk1', f'--workdir={workdir}'],
+    ['simclr_jax.export', '--format=torch', f'--workdir={workdir}', f'--output={output}'],
+  )
+  for command in commands:
+    proc = subprocess.run([sys.executable, '-m', *command], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'simclr_torch.py' in proc.stdout and 'torchvision' not in proc.stdout  # SK: no torchvision
+
+  sys.path.insert(0, str(output))  # as a user would: `import simclr_torch` from the export
+  try:
+    import simclr_torch
+  finally:
+    sys.path.remove(str(output))
+    sys.modules.pop('simclr_torch', None)
+  assert pathlib.Path(simclr_torch.__file__).parent == output
+  official = np.load(root / 'outputs.npz')
+  model = simclr_torch.load(str(output)).eval()
+  with torch.no_grad():
+    out = model(torch.from_numpy(official['inputs']).permute(0, 3, 1, 2))
+  for key, endpoint in (('features', 'final_avg_pool'), ('projection', 'proj_head_output'),
+                        ('logits_sup', 'logits_sup')):
+    assert relative_error(out[key].numpy(), official[f'eval/{endpoint}']) < TOLERANCE['eval'], key
