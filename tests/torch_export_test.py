@@ -61,7 +61,7 @@ def _config(name: str):
                  num_proj_layers=1, ft_proj_selector=1)
     config.data.image_size = 50
   elif name == 'r50':
-    model.update(depth=50, width_multiplier=1.0, cifar_stem=False)
+    model.update(depth=50, width_multiplier=1.0, cifar_stem=False, num_proj_layers=1)
     config.data.image_size = 64
   return config
 
