@@ -143,6 +143,8 @@ def export(
 
   if fmt not in FORMATS:
     raise ValueError(f'--format={fmt} is not one of {", ".join(FORMATS)}; pick one of them')
+  if fmt in ('torch', 'all'):
+    torch_export.import_torch()  # Fail before writing anything.
   saved = load.load(workdir, config, bn_axis_name=None)
   params, batch_stats = saved.variables['params'], saved.variables['batch_stats']
   config_dict = json.loads(saved.config.to_json_best_effort())

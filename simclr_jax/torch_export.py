@@ -131,7 +131,8 @@ def module_source() -> str:
   return folder.joinpath(MODULE_FILE).read_text()
 
 
-def _import_torch():
+def import_torch():
+  """torch, or ImportError naming the extra to install."""
   try:
     import torch  # Deferred: only --format=torch needs PyTorch.
   except ImportError:
@@ -152,7 +153,7 @@ def write_torch(
 ) -> list[str]:
   """model.pt, simclr_torch.py, simclr_torch.json (and torchvision_resnet{D}.pt when a plain
   ResNet-50/101/152 1x); returns the paths written."""
-  torch = _import_torch()
+  torch = import_torch()
   arch = architecture(model)
   arrays = state_dict_arrays(params, batch_stats)
   fs.makedirs(output_dir)

@@ -214,6 +214,9 @@ def test_module_file_is_self_contained(tmp_root):
   assert top_level <= {'json', 'math', 'os', 'torch'}, top_level
   everywhere = {name.split('.')[0] for node in ast.walk(tree) for name in _imported(node)}
   assert not everywhere & {'jax', 'flax', 'tensorflow', 'simclr_jax', 'numpy'}, everywhere
+  with pytest.raises(FileNotFoundError, match='simclr_torch.json not found; export .* with '
+                     'python -m simclr_jax.export --format=torch'):
+    _module(output).load(tmp_root)
 
 
 def test_torchvision_resnet50_loads_strict_and_needs_only_the_max_pool(tmp_root):
@@ -323,7 +326,7 @@ def test_one_sgd_step_in_torch_equals_the_step_in_jax(name, tmp_root):
   assert not too_large, too_large
 
 
-def test_missing_torch_names_the_extra(monkeypatch):
+def test_missing_torch_names_the_extra(monkeypatch, tmp_path):
   import builtins
 
   real_import = builtins.__import__
@@ -336,6 +339,10 @@ def test_missing_torch_names_the_extra(monkeypatch):
   monkeypatch.setattr(builtins, '__import__', no_torch)
   with pytest.raises(ImportError, match=r"pip install -e '\.\[torch\]'"):
     torch_export.write_torch('/nonexistent', None, {}, {})
+  output = tmp_path / 'out'
+  with pytest.raises(ImportError, match=r"^--format=torch needs PyTorch; install the torch extra"):
+    export.export(None, str(tmp_path / 'stage'), str(output), fmt='all')
+  assert not output.exists()  # nothing written before the error
 
 
 @pytest.mark.slow

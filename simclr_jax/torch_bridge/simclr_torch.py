@@ -335,10 +335,19 @@ class SimCLR(nn.Module):
     return result
 
 
+def read_architecture(directory: str) -> dict:
+  """The architecture dict of an export (simclr_torch.json)."""
+  path = os.path.join(directory, ARCHITECTURE_FILE)
+  if not os.path.isfile(path):  # local: runs in the user's code, outside simclr_jax
+    raise FileNotFoundError(f'{path} not found; export the checkpoint into {directory} with '
+                            'python -m simclr_jax.export --format=torch')
+  with open(path) as f:  # local: runs in the user's code, outside simclr_jax
+    return json.load(f)
+
+
 def load(directory: str, map_location: str = 'cpu', **kwargs) -> SimCLR:
   """The exported model: its architecture (simclr_torch.json) with model.pt loaded (strict)."""
-  with open(os.path.join(directory, ARCHITECTURE_FILE)) as f:  # local: runs in the user's code
-    architecture = json.load(f)
+  architecture = read_architecture(directory)
   model = SimCLR(architecture, **kwargs)
   state_dict = torch.load(os.path.join(directory, STATE_DICT_FILE), map_location=map_location,
                           weights_only=True)
@@ -355,9 +364,7 @@ def load_torchvision_resnet(directory: str, exact: bool = True):
   """
   import torchvision  # Only this helper needs it.
 
-  with open(os.path.join(directory, ARCHITECTURE_FILE)) as f:  # local: runs in the user's code
-    architecture = json.load(f)
-  depth = architecture['depth']
+  depth = read_architecture(directory)['depth']
   state_dict = torch.load(os.path.join(directory, TORCHVISION_FILE.format(depth=depth)),
                           map_location='cpu', weights_only=True)
   build = getattr(torchvision.models, f'resnet{depth}')
