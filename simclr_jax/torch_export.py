@@ -68,18 +68,21 @@ def architecture(model: simclr.SimCLRModel) -> dict[str, Any]:
   }
 
 
-def _torch_leaf(path: tuple[str, ...], value: np.ndarray) -> tuple[str, np.ndarray]:
-  """(PyTorch name, value in PyTorch layout) of one of our variables."""
+def torch_name(path: tuple[str, ...]) -> str:
+  """simclr_torch.SimCLR's name of one of our variables, e.g. ('encoder', 'stem', 'bn_0',
+  'var') -> 'encoder.stem.bn_0.running_var'."""
   *scope, leaf = path
-  if path[0] == 'head_supervised':  # head_supervised/linear_layer/dense -> an nn.Linear
+  if scope[0] == 'head_supervised':  # head_supervised/linear_layer/dense -> one nn.Linear
     scope = ['head_supervised']
-  if leaf == 'kernel':
-    # Conv HWIO -> OIHW; dense [in, out] -> [out, in].
+  # Kernels become weights; BN leaves get PyTorch's names; a dense bias stays 'bias'.
+  return '.'.join([*scope, 'weight' if leaf == 'kernel' else _BN_LEAVES.get(leaf, leaf)])
+
+
+def torch_layout(path: tuple[str, ...], value: np.ndarray) -> np.ndarray:
+  """A variable in PyTorch's layout: conv kernels HWIO -> OIHW, dense [in, out] -> [out, in]."""
+  if path[-1] == 'kernel':
     value = value.transpose(3, 2, 0, 1) if value.ndim == 4 else value.T
-    leaf = 'weight'
-  else:
-    leaf = _BN_LEAVES.get(leaf, leaf)  # BN leaves; a dense bias stays 'bias'
-  return '.'.join([*scope, leaf]), np.ascontiguousarray(value, dtype=np.float32)
+  return np.ascontiguousarray(value, dtype=np.float32)
 
 
 def state_dict_arrays(params: Any, batch_stats: Any) -> dict[str, np.ndarray]:
@@ -88,8 +91,7 @@ def state_dict_arrays(params: Any, batch_stats: Any) -> dict[str, np.ndarray]:
   arrays = {}
   for tree in (params, batch_stats or {}):
     for path, value in traverse_util.flatten_dict(tree).items():
-      name, array = _torch_leaf(path, np.asarray(value))
-      arrays[name] = array
+      arrays[torch_name(path)] = torch_layout(path, np.asarray(value))
   for name in [n for n in arrays if n.endswith('.running_mean')]:
     arrays[name.replace('.running_mean', '.num_batches_tracked')] = np.array(0, np.int64)
   return arrays

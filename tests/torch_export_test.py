@@ -112,10 +112,10 @@ def tmp_root(tmp_path_factory):
   return str(tmp_path_factory.mktemp('torch_export'))
 
 
-def _module(output: str):
+def _module(output: str, path: str | None = None):
   """The simclr_torch.py written into `output`, imported from there (not from the package)."""
   spec = importlib.util.spec_from_file_location(f'simclr_torch_{next(_module_count)}',
-                                                f'{output}/simclr_torch.py')
+                                                path or f'{output}/simclr_torch.py')
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
@@ -244,6 +244,33 @@ def test_torchvision_resnet50_loads_strict_and_needs_only_the_max_pool(tmp_root)
   helper = _module(output).load_torchvision_resnet(output).eval()
   with torch.no_grad():
     assert relative_error(helper(nchw).numpy(), reference['logits_sup']) < TOLERANCE['eval']
+
+
+# Depth 18-200, widths 1-4, SK or not, both stems: the same variables, name for name and shape
+# for shape (PyTorch layout), without allocating them (meta device; r152 3x has 795 M values).
+@pytest.mark.parametrize('depth,width,sk_ratio,cifar_stem', [
+  (18, 1, 0.0, True), (34, 2, 0.0625, False), (50, 1, 0.0625, False), (101, 2, 0.0, False),
+  (152, 3, 0.0625, False), (200, 4, 0.0, False)])
+def test_every_depth_and_width_has_the_variables_of_the_jax_model(depth, width, sk_ratio,
+                                                                   cifar_stem):
+  config = default_lib.get_config()
+  config.model.update(depth=depth, width_multiplier=width, sk_ratio=sk_ratio,
+                      cifar_stem=cifar_stem)
+  model = load.build(config, 1000, bn_axis_name=None)
+  abstract = load.abstract_variables(model, 64)
+  expected = {}
+  for collection in ('params', 'batch_stats'):
+    for path, leaf in traverse_util.flatten_dict(abstract[collection]).items():
+      shape = leaf.shape
+      if path[-1] == 'kernel':  # PyTorch: conv OIHW, linear [out, in]
+        shape = (shape[3], shape[2], *shape[:2]) if len(shape) == 4 else shape[::-1]
+      expected[torch_export.torch_name(path)] = tuple(shape)
+  simclr_torch = _module('', str(REPO / 'simclr_jax' / 'torch_bridge' / 'simclr_torch.py'))
+  with torch.device('meta'):
+    net = simclr_torch.SimCLR(torch_export.architecture(model))
+  state = {name: tuple(value.shape) for name, value in net.state_dict().items()
+           if not name.endswith('num_batches_tracked')}
+  assert state == expected
 
 
 def test_only_plain_resnets_get_a_torchvision_state_dict():
