@@ -306,7 +306,8 @@ def test_one_sgd_step_in_torch_equals_the_step_in_jax(name, tmp_root):
   labels = np.arange(len(images)) % 10
   target = np.random.default_rng(2).normal(size=(len(images), 128)).astype(np.float32)
 
-  loss_fn = _loss_jax(_jax_model(config, params), labels, target)
+  model = _jax_model(config, params)
+  loss_fn = _loss_jax(model, labels, target)
   tx = optax.sgd(learning_rate)
 
   @jax.jit
@@ -316,9 +317,10 @@ def test_one_sgd_step_in_torch_equals_the_step_in_jax(name, tmp_root):
     updates, _ = tx.update(grads, tx.init(params), params)
     new_params = optax.apply_updates(params, updates)
     loss_after, _ = loss_fn(new_params, new_stats, images)
-    return loss, loss_after, new_params, new_stats
+    outputs = model.apply({'params': new_params, 'batch_stats': new_stats}, images, train=False)
+    return loss, loss_after, new_params, new_stats, outputs
 
-  loss, loss_after, new_params, new_stats = jax.device_get(step(params, batch_stats))
+  loss, loss_after, new_params, new_stats, outputs = jax.device_get(step(params, batch_stats))
 
   net = _module(output).load(output).train()
   optimizer = torch.optim.SGD(net.parameters(), lr=learning_rate)
@@ -347,8 +349,13 @@ def test_one_sgd_step_in_torch_equals_the_step_in_jax(name, tmp_root):
   for key, value in expected.items():
     if not key.endswith('num_batches_tracked'):
       errors[key] = relative_error(state_after_step[key].numpy(), value)
-  print(name, 'sgd step', {k: f'{v:.1e}' for k, v in errors.items() if k.startswith('loss')},
-        f'parameters and BN statistics: max {max(errors.values()):.1e}')
+  net.load_state_dict(state_after_step)  # the statistics right after the step, as new_stats
+  with torch.no_grad():
+    out = net.eval()(nchw)
+  for key in export.OUTPUTS:  # the fine-tuned model in inference mode
+    errors[f'eval/{key}'] = relative_error(out[key].numpy(), outputs[key])
+  print(name, 'sgd step', {k: f'{v:.1e}' for k, v in errors.items() if '.' not in k},
+        f'max over these, every parameter and BN statistic: {max(errors.values()):.1e}')
   too_large = {k: v for k, v in errors.items() if v > TOLERANCE['train']}
   assert not too_large, too_large
 
