@@ -10,6 +10,7 @@ kernels, basic and bottleneck blocks, odd feature maps, 1-3 head layers.
 import ast
 import functools
 import importlib.util
+import io
 import itertools
 import os
 import pathlib
@@ -28,7 +29,7 @@ from flax import traverse_util
 from configs import default as default_lib
 from configs import demo as demo_lib
 from configs import official_fixture
-from simclr_jax import checkpoints, export, import_tf2, torch_export
+from simclr_jax import checkpoints, export, fs, import_tf2, torch_export
 from simclr_jax.models import load
 
 import shared_paths
@@ -409,3 +410,18 @@ def test_official_saved_model_to_pytorch_with_the_two_commands(tmp_path):
   for key, endpoint in (('features', 'final_avg_pool'), ('projection', 'proj_head_output'),
                         ('logits_sup', 'logits_sup')):
     assert relative_error(out[key].numpy(), official[f'eval/{endpoint}']) < TOLERANCE['eval'], key
+
+
+def test_export_to_a_bucket(emulator, tmp_root):
+  """model.pt and its companions go through the fs seam: gs:// outputs work."""
+  config, params, batch_stats, _, images, _ = _case('demo', tmp_root)
+  model = load.build(config, load.num_classes_of(params), bn_axis_name=None)
+  written = torch_export.write_torch('gs://bkt/exported', model, params, batch_stats)
+  assert written[0] == 'gs://bkt/exported/model.pt'
+  assert set(emulator.objects('bkt', 'exported/')) == {
+    'exported/model.pt', 'exported/simclr_torch.py', 'exported/simclr_torch.json'}
+  state_dict = torch.load(io.BytesIO(fs.read_bytes(written[0])), weights_only=True)
+  expected = torch_export.state_dict_arrays(params, batch_stats)
+  assert state_dict.keys() == expected.keys()
+  for name, value in expected.items():
+    np.testing.assert_array_equal(state_dict[name].numpy(), value, err_msg=name)
