@@ -1,7 +1,7 @@
 """Export a stage's newest checkpoint for use outside this code base.
 
     python -m simclr_jax.export --config=configs/demo.py --workdir=workdirs/demo/finetune \
-        --output=exported/demo_finetune [--format=npz|saved_model|both]
+        --output=exported/demo_finetune [--format=npz|saved_model|both|torch|all]
 
 Writes into OUTPUT:
 
@@ -13,9 +13,15 @@ Writes into OUTPUT:
                    (S = data.image_size; no mean/std normalisation, as in training),
                    outputs 'features' [None, D], 'projection' [None, proj_out_dim],
                    'logits_sup' [None, num_classes]
+    model.pt, simclr_torch.py, simclr_torch.json (--format=torch or all; the torch extra):
+                   a PyTorch state_dict and the self-contained module that loads it, with the
+                   same outputs; torchvision_resnet50.pt for a plain ResNet-50 (torch_export.py)
+
+`both` (the default) is npz + saved_model; `all` adds torch.
 
 Reading them back: `load_npz(OUTPUT)` -> (model, variables) for `model.apply(variables, images,
-train=False)`; `tf.saved_model.load(OUTPUT + '/saved_model').signatures['serving_default']`.
+train=False)`; `tf.saved_model.load(OUTPUT + '/saved_model').signatures['serving_default']`;
+`simclr_torch.load(OUTPUT)` (PyTorch, NCHW images; docs/PYTORCH.md).
 """
 
 import io
@@ -29,13 +35,13 @@ from absl import app, flags
 from flax import traverse_util
 from ml_collections import config_flags
 
-from simclr_jax import cli, fs
+from simclr_jax import cli, fs, torch_export
 from simclr_jax.models import load
 
 NPZ_FILE = 'model.npz'
 CONFIG_FILE = 'config.json'
 SAVED_MODEL_DIR = 'saved_model'
-FORMATS = ('npz', 'saved_model', 'both')
+FORMATS = ('npz', 'saved_model', 'both', 'torch', 'all')
 OUTPUTS = ('features', 'projection', 'logits_sup')
 
 
@@ -137,15 +143,19 @@ def export(
 
   if fmt not in FORMATS:
     raise ValueError(f'--format={fmt} is not one of {", ".join(FORMATS)}; pick one of them')
+  if fmt in ('torch', 'all'):
+    torch_export.import_torch()  # Fail before writing anything.
   saved = load.load(workdir, config, bn_axis_name=None)
   params, batch_stats = saved.variables['params'], saved.variables['batch_stats']
   config_dict = json.loads(saved.config.to_json_best_effort())
   image_size = (config or saved.config).data.image_size
   written = []
-  if fmt in ('npz', 'both'):
+  if fmt in ('npz', 'both', 'all'):
     written += write_npz(output_dir, params, batch_stats, config_dict)
-  if fmt in ('saved_model', 'both'):
+  if fmt in ('saved_model', 'both', 'all'):
     written.append(write_saved_model(output_dir, saved.model, params, batch_stats, image_size))
+  if fmt in ('torch', 'all'):
+    written += torch_export.write_torch(output_dir, saved.model, params, batch_stats)
   return written
 
 
@@ -173,7 +183,7 @@ def main(argv: list[str], flag_values) -> None:
              '--overwrite to replace them, or choose another --output')
   try:
     written = export(config, workdir, output, fmt)
-  except (FileNotFoundError, ValueError) as error:
+  except (FileNotFoundError, ImportError, ValueError) as error:
     raise app.UsageError(str(error)) from None
   print('\n'.join(f'Wrote {path}' for path in written))
 
