@@ -30,15 +30,6 @@ def _run(name: str, tmp_path, argv: list[str]) -> dict:
   return written
 
 
-def test_train_step(tmp_path):
-  result = _run('train_step', tmp_path, ['--config=configs/demo.py', '--batch=16', '--steps=1',
-                                         '--width=0.125'])
-  for key in ('compile_s', 'steps_per_s', 'views_per_s_per_device', 'flops_per_step',
-              'peak_memory_bytes', 'mfu'):
-    assert key in result
-  assert result['steps_per_s'] > 0 and result['num_devices'] == 8
-
-
 def test_ntxent_scaling(tmp_path):
   result = _run('ntxent_scaling', tmp_path, ['--batches=64,128', '--fixed_batch=64', '--dim=8'])
   assert [r['global_batch'] for r in result['by_global_batch']] == [64, 128]
@@ -54,14 +45,6 @@ def test_augment_seam_compiles_the_device_part_for_a_tpu_slice(tmp_path):
   assert rows['colour']['shipped_bytes'] == 2 * 32 * 32 * 3 and rows['all']['shipped_bytes'] == 4800
   for row in rows.values():  # Colour and blur are arithmetic: XLA counts FLOPs and bytes.
     assert row['tflop_per_device'] > 0 and row['gb_per_device'] > 0 and row['roofline_ms'] > 0
-
-
-def test_input_pipeline(tmp_path):
-  result = _run('input_pipeline', tmp_path, ['--batch=8', '--batches=1', '--sizes=32'])
-  modes = [(r['image_size'], r['mode']) for r in result['rows']]
-  assert modes == [(32, 'canvas'), (32, 'crop_flip'), (32, 'full')]
-  assert result['rows'][0]['host_images_per_s_per_core'] > 0
-  assert all(row['device_images_per_s'] > 0 for row in result['rows'][1:])
 
 
 @pytest.mark.slow
@@ -88,3 +71,16 @@ def test_device_check_runs_every_part_and_prints_one_table(tmp_path):
   assert summary[0]['views_per_s_per_device'] > 0 and summary[2]['images_per_s'] > 0
   table = result.stdout[result.stdout.index('Device check (quick)'):].splitlines()
   assert len(table) == 5 and table[1].startswith('part') and table[3].startswith('demo ')
+  # What each part wrote (train_step.py and input_pipeline.py run nowhere else in the tests).
+  step = json.loads((tmp_path / 'train_step.json').read_text())
+  assert step['benchmark'] == 'train_step' and 'cpu' in step['machine']
+  for key in ('compile_s', 'steps_per_s', 'views_per_s_per_device', 'flops_per_step',
+              'peak_memory_bytes', 'mfu'):
+    assert key in step
+  assert step['steps_per_s'] > 0 and step['num_devices'] == 8
+  assert step['mfu'] is None and step['flops_per_step'] > 0  # A CPU: no peak in perf.PEAKS.
+  data = json.loads((tmp_path / 'input_pipeline.json').read_text())
+  assert [(r['image_size'], r['mode']) for r in data['rows']] == [
+    (32, 'canvas'), (32, 'crop_flip'), (32, 'full')]
+  assert data['rows'][0]['host_images_per_s_per_core'] > 0
+  assert all(row['device_images_per_s'] > 0 for row in data['rows'][1:])
