@@ -17,6 +17,14 @@ os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
 # As simclr_jax/__init__.py sets it, for test modules that import TensorFlow before the package.
 os.environ.setdefault('GCS_STAT_CACHE_MAX_AGE', '0')
 
+# torchvision imports torch._dynamo, which imports triton (shipped with the Linux torch wheel); its
+# shared library segfaults at import when TensorFlow's was loaded first, as it is here by the
+# time tests/torch_export_test.py runs (`import tensorflow; import triton` crashes, the other
+# order works). The tests run on the CPU and never need triton: torch is told it is absent.
+import sys  # noqa: E402
+
+sys.modules.setdefault('triton', None)
+
 import pytest  # noqa: E402 - after the environment above.
 
 
