@@ -186,3 +186,28 @@ def test_a_slow_fetch_while_the_device_is_busy_is_not_input_wait():
     meter.close()
   assert figures['input_wait'] < 0.10, (figures, device_s)
   assert figures['step_time_s'] == pytest.approx(device_s, rel=0.5)
+
+
+def test_a_plan_for_this_config_and_slice_is_compared_once_after_warm_up(monkeypatch):
+  config = demo_lib.get_config()
+  plan = {'config_hash': perf.config_hash(config), 'accelerator_type': 'v4-16',
+          'chip': {'name': 'v4'},
+          'stages': [{'stage': 'pretrain', 'devices': 8, 'step_ms': 50.0, 'mfu': 0.4}]}
+  row, why_not = perf.plan_row_for_run(plan, config, 'pretrain')
+  assert row is None and 'this run has 8 cpu devices' in why_not  # Not a v4: not compared.
+  monkeypatch.setattr(perf, 'peak_of', lambda kind: perf.PEAKS['TPU v4'])
+  row, _ = perf.plan_row_for_run(plan, config, 'pretrain')
+  assert row['step_ms'] == 50.0 and row['accelerator_type'] == 'v4-16'
+  with config.unlocked():
+    config.distributed.initialize = True  # What the launchers add: the same run.
+  assert perf.plan_row_for_run(plan, config, 'pretrain')[0] == row
+  config.seed = 1
+  assert perf.plan_row_for_run(plan, config, 'pretrain') == (
+    None, 'it was made for another config (or other overrides)')
+  verdicts = perf.Verdicts('pretrain', row)
+  figures = {'step_time_s': 0.1, 'input_wait': 0.0, 'mfu': 0.2}
+  assert verdicts(1, 10, figures) == []  # Warm-up.
+  (line,) = verdicts(11, 20, figures)
+  assert line == ("pretrain: step time 100 ms against the plan's roofline bound 50 ms for v4-16 "
+                  "(50% of the bound's speed), MFU 20% (plan: 40% at the bound)")
+  assert verdicts(21, 30, figures) == []  # Once.
