@@ -10,7 +10,3 @@ __version__ = '0.1.0'
 # this when it is imported, so it is set here, before any module of the package imports it (a
 # setting of the user's is kept).
 os.environ.setdefault('GCS_STAT_CACHE_MAX_AGE', '0')
-
-# TensorFlow's C++ INFO lines (oneDNN's notice, twice, each after an absl preamble) are four lines
-# of every run's console that say nothing about the run; its warnings and errors still show.
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
