@@ -148,3 +148,24 @@ def test_a_damaged_newest_checkpoint_in_a_bucket_is_set_aside(emulator):
   names = emulator.objects(BUCKET, 'damaged/')
   assert any(n.startswith('damaged/damaged_checkpoints/2-') for n in names)
   assert manager.all_steps() == [1]
+
+
+def test_a_profile_of_a_run_in_a_bucket_lands_in_the_bucket(emulator):
+  """jax.profiler writes to a local folder; perf.Profiler copies the trace into the workdir."""
+  import jax
+  import jax.numpy as jnp
+
+  from simclr_jax import perf
+
+  workdir = f'gs://{BUCKET}/profiled/pretrain'
+  profiler = perf.Profiler(workdir, '2,1', first_step=1)
+  square = jax.jit(lambda x: x @ x)
+  for step in (1, 2, 3):
+    profiler.before(step)
+    out = square(jnp.ones((64, 64)))
+    profiler.after(step, out)
+  assert not profiler.active
+  traces = [name for name, size in emulator.objects(BUCKET, 'profiled/').items()
+            if name.endswith('.xplane.pb') and size > 1000]
+  assert len(traces) == 1 and traces[0].startswith('profiled/pretrain/plugins/profile/'), traces
+  assert not os.path.exists(profiler._local)  # The local copy is gone.
