@@ -1,4 +1,4 @@
-"""What the steps of a run cost: throughput, input wait, MFU, memory, a verdict and a profile.
+"""What the steps of a run cost: throughput, input wait, MFU, memory, and the verdicts.
 
     meter = StepMeter(...)                     # one per run segment of a stage
     for step ...:
@@ -27,14 +27,11 @@ forward) and the peak of `PEAKS` by `device.device_kind`.
 import array
 import contextlib
 import dataclasses
-import hashlib
-import json
 import math
 import os
 import queue
 import resource
 import sys
-import tempfile
 import threading
 import time
 from typing import Any
@@ -45,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from simclr_jax import chips, fs, validation
+from simclr_jax import chips
 
 GIB = 2**30
 # The devices waited for input more than this fraction of a window's wall time: one warning.
@@ -343,96 +340,3 @@ def _cpu_count() -> int:
     return len(os.sched_getaffinity(0))
   except (AttributeError, OSError):
     return os.cpu_count() or 1
-
-
-# ---- Plans: which plan.json describes this run, and when a plan can be reused --------------
-
-def config_hash(config) -> str:
-  """A hash of the config's fields that decide the compiled program (not `distributed.*`, which
-  the launchers add per host)."""
-  fields = json.loads(config.to_json_best_effort())
-  fields.pop('distributed', None)
-  return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def code_hash() -> str:
-  """A hash of the package's Python sources (what the compiled program is made of)."""
-  root = fs.parent(__file__)
-  digest = hashlib.sha256()
-  for directory, _, files in sorted(fs.walk(root)):
-    for name in sorted(files):
-      if name.endswith('.py'):
-        path = fs.join(directory, name)
-        digest.update(path[len(root):].encode())
-        digest.update(fs.read_bytes(path))
-  return digest.hexdigest()[:16]
-
-
-def plan_row_for_run(plan: dict[str, Any], config, stage: str) -> tuple[dict | None, str]:
-  """The plan's row for `stage` when the plan was made for this config and these devices;
-  else (None, why not)."""
-  if plan.get('config_hash') != config_hash(config):
-    return None, 'it was made for another config (or other overrides)'
-  rows = [row for row in plan.get('stages', []) if row.get('stage') == stage]
-  if not rows:
-    return None, f'it has no row for {stage}'
-  row = rows[0]
-  peak = peak_of(jax.devices()[0].device_kind)
-  chip = plan.get('chip', {})
-  if row.get('devices') != jax.device_count() or peak is None or chip.get('name') != peak.chip:
-    return None, (f'it is for {plan.get("accelerator_type")} ({row.get("devices")} devices), '
-                  f'this run has {jax.device_count()} {jax.devices()[0].device_kind} devices')
-  return {**row, 'accelerator_type': plan.get('accelerator_type')}, ''
-
-
-# ---- A profile of chosen steps ------------------------------------------------------------
-
-class Profiler:
-  """A `jax.profiler` trace of steps START..START+COUNT-1 into the workdir, for TensorBoard's
-  profile tab (`plugins/profile/<run>/*.xplane.pb`); on process 0 unless `all_hosts`."""
-
-  def __init__(self, workdir: str, spec: str, first_step: int, all_hosts: bool = False):
-    self.workdir = workdir
-    parsed = validation.parse_profile_steps(spec)
-    self.start, self.count = parsed if parsed else (0, 0)
-    self.active = False
-    self._local = ''
-    if parsed and not all_hosts and jax.process_index() > 0:
-      self.start = 0
-    elif parsed and self.start < first_step:
-      logging.warning('train.profile_steps=%s: this run resumes at step %d, after step %d; no '
-                      'profile (choose later steps).', spec, first_step, self.start)
-      self.start = 0
-
-  @property
-  def last(self) -> int:
-    return self.start + self.count - 1
-
-  def before(self, step: int) -> None:
-    if self.start and step == self.start:
-      remote = fs.is_remote(self.workdir)
-      self._local = tempfile.mkdtemp(prefix='simclr_profile_') if remote else self.workdir
-      jax.profiler.start_trace(self._local)
-      self.active = True
-
-  def after(self, step: int, output: Any) -> None:
-    if self.active and step >= self.last:
-      jax.block_until_ready(output)
-      self.stop()
-
-  def stop(self) -> None:
-    if not self.active:
-      return
-    self.active = False
-    jax.profiler.stop_trace()
-    where = fs.join(self.workdir, 'plugins', 'profile')
-    if self._local != self.workdir:  # A bucket: the trace is written here, then copied.
-      for directory, _, files in fs.walk(self._local):
-        for name in files:
-          path = fs.join(directory, name)
-          target = fs.join(self.workdir, path[len(self._local):].lstrip('/'))
-          fs.makedirs(fs.parent(target))
-          fs.write_bytes(target, fs.read_bytes(path))
-      fs.rmtree(self._local)
-    logging.info('Profile of steps %d-%d in %s (TensorBoard --logdir %s: the Profile tab).',
-                 self.start, self.last, where, self.workdir)

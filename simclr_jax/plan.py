@@ -18,7 +18,6 @@ program, but step times are lower bounds (no communication, no input stalls, no 
 """
 
 import dataclasses
-import importlib.metadata
 import json
 import math
 import re
@@ -35,8 +34,8 @@ import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from simclr_jax import (cli, evaluation, fs, perf, run, sharding, stages, train,  # noqa: E402
-                        validation)
+from simclr_jax import (cli, evaluation, fs, perf, plan_files, run, sharding,  # noqa: E402
+                        stages, train, validation)
 from simclr_jax.perf import forward_flops  # noqa: E402, F401 - the plan's FLOP count, re-exported
 from simclr_jax.data import input as data_input  # noqa: E402
 from simclr_jax.data import subsets, views  # noqa: E402
@@ -316,37 +315,6 @@ def make_plan(config, accelerator_type: str, topology: str = '', max_fix_compile
   }
 
 
-def fingerprint(config, accelerator_type: str, topology: str, max_fix_compiles: int) -> dict:
-  """What a plan depends on: the config (overrides included), the slice, the compiler (jax,
-  libtpu) and this package's code. A plan with the same fingerprint is reused."""
-  return {'config_hash': perf.config_hash(config), 'accelerator_type': accelerator_type,
-          'topology': topology, 'max_fix_compiles': max_fix_compiles, 'jax': jax.__version__,
-          'libtpu': _libtpu_version(), 'code': perf.code_hash()}
-
-
-def _libtpu_version() -> str:
-  for name in ('libtpu', 'libtpu-nightly'):
-    try:
-      return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-      continue
-  return ''
-
-
-def reusable(out: str, wanted: dict) -> tuple[dict | None, str]:
-  """(the plan in `out`, '') when its fingerprint is `wanted`; else (None, why not)."""
-  if not fs.exists(out):
-    return None, ''
-  try:
-    plan = json.loads(fs.read_text(out))
-  except (OSError, ValueError):
-    return None, f'{out} is not a readable plan'
-  differing = sorted(key for key in wanted if plan.get('fingerprint', {}).get(key) != wanted[key])
-  if differing:
-    return None, f'{out} was made with another {", ".join(differing)}'
-  return plan, ''
-
-
 def main(argv: list[str], flag_values) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
@@ -356,8 +324,8 @@ def main(argv: list[str], flag_values) -> None:
     holder.value for holder in flag_values)
   default_out = fs.join('workdirs', 'plans', f'{config.name}-{accelerator_type}.json')
   out = out or default_out
-  wanted = fingerprint(config, accelerator_type, topology, max_fix_compiles)
-  plan, why_not = (None, '') if replan else reusable(out, wanted)
+  wanted = plan_files.fingerprint(config, accelerator_type, topology, max_fix_compiles)
+  plan, why_not = (None, '') if replan else plan_files.reusable(out, wanted)
   reused = plan is not None
   if reused:
     print(f'Reusing the plan in {out}: the same config, slice, jax {wanted["jax"]}, libtpu '
@@ -374,9 +342,9 @@ def main(argv: list[str], flag_values) -> None:
     plan.update(fingerprint=wanted, config_hash=wanted['config_hash'])
     fs.makedirs(fs.parent(fs.absolute(out)))
     fs.write_text(out, json.dumps(plan, indent=2))
-  if workdir:  # The run compares its measured step time with the plan (run.PLAN_FILE).
+  if workdir:  # The run compares its measured step time with the plan (plan_files.PLAN_FILE).
     fs.makedirs(workdir)
-    fs.write_text(fs.join(workdir, run.PLAN_FILE), json.dumps(plan, indent=2))
+    fs.write_text(fs.join(workdir, plan_files.PLAN_FILE), json.dumps(plan, indent=2))
   print(f'\n{config.name} on {accelerator_type} ({plan["topology"]}), per device; HBM in GiB:')
   print(table(plan['stages']))
   print(f'\n{plan["note"]}\nPlan {"reused from" if reused else "written to"} {out}')

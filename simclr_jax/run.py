@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from simclr_jax import checkpoints, fs, perf, stages, train, validation, visualize
+from simclr_jax import checkpoints, fs, plan_files, stages, train, validation, visualize
 from simclr_jax import workdir as workdir_lib
 from simclr_jax.data import input as data_input
 from simclr_jax.data import resident
@@ -76,12 +76,9 @@ def _init_from(config, stage: stages.Stage, source: str) -> dict[str, Any]:
   return {'params': merged_params, 'batch_stats': merged_stats}
 
 
-PLAN_FILE = 'plan.json'  # launch/tpu_vm.sh copies the pre-flight plan here.
-
-
 def _plan(workdir: str) -> dict[str, Any] | None:
   """WORKDIR/plan.json (the pre-flight plan of this run's slice), if there is one."""
-  path = fs.join(workdir, PLAN_FILE)
+  path = fs.join(workdir, plan_files.PLAN_FILE)
   if not fs.exists(path):
     return None
   try:
@@ -94,10 +91,10 @@ def _plan(workdir: str) -> dict[str, Any] | None:
 def _plan_row(plan: dict[str, Any] | None, config, stage: str, workdir: str) -> dict | None:
   if plan is None:
     return None
-  row, why_not = perf.plan_row_for_run(plan, config, stage)
+  row, why_not = plan_files.plan_row_for_run(plan, config, stage)
   if row is None:
     logging.info('%s: %s not compared with the step time: %s.', stage,
-                 fs.join(workdir, PLAN_FILE), why_not)
+                 fs.join(workdir, plan_files.PLAN_FILE), why_not)
   return row
 
 

@@ -22,8 +22,8 @@ import optax
 from absl import logging
 from clu import parameter_overview
 
-from simclr_jax import (checkpoints, evaluation, fs, optim, perf, progress, sharding, stages,
-                        validation)
+from simclr_jax import (checkpoints, evaluation, fs, optim, perf, profiling, progress, sharding,
+                        stages, validation)
 from simclr_jax import workdir as workdir_lib
 from simclr_jax.data import input as data_input
 from simclr_jax.data import views
@@ -213,7 +213,7 @@ def train_and_evaluate(
     prepared.model, config.data.image_size, global_batch * prepared.stage.num_views,
     teacher_model))
   verdicts = perf.Verdicts(stage, plan_row)
-  profiler = perf.Profiler(workdir, config.train.profile_steps, start_step + 1,
+  profiler = profiling.Profiler(workdir, config.train.profile_steps, start_step + 1,
                            all_hosts=config.train.profile_all_hosts)
 
   def log(step: int, metrics: dict[str, float]) -> None:

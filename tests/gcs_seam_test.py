@@ -151,14 +151,14 @@ def test_a_damaged_newest_checkpoint_in_a_bucket_is_set_aside(emulator):
 
 
 def test_a_profile_of_a_run_in_a_bucket_lands_in_the_bucket(emulator):
-  """jax.profiler writes to a local folder; perf.Profiler copies the trace into the workdir."""
+  """jax.profiler writes to a local folder; profiling.Profiler copies the trace into the workdir."""
   import jax
   import jax.numpy as jnp
 
-  from simclr_jax import perf
+  from simclr_jax import profiling
 
   workdir = f'gs://{BUCKET}/profiled/pretrain'
-  profiler = perf.Profiler(workdir, '2,1', first_step=1)
+  profiler = profiling.Profiler(workdir, '2,1', first_step=1)
   square = jax.jit(lambda x: x @ x)
   for step in (1, 2, 3):
     profiler.before(step)

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import pytest
 
 from configs import demo as demo_lib
-from simclr_jax import perf, run, train
+from simclr_jax import perf, plan_files, run, train
 from simclr_jax.data import input as data_input
 
 SLOW_FROM = 9  # The iterator sleeps before the batches of this step on.
@@ -190,19 +190,19 @@ def test_a_slow_fetch_while_the_device_is_busy_is_not_input_wait():
 
 def test_a_plan_for_this_config_and_slice_is_compared_once_after_warm_up(monkeypatch):
   config = demo_lib.get_config()
-  plan = {'config_hash': perf.config_hash(config), 'accelerator_type': 'v4-16',
+  plan = {'config_hash': plan_files.config_hash(config), 'accelerator_type': 'v4-16',
           'chip': {'name': 'v4'},
           'stages': [{'stage': 'pretrain', 'devices': 8, 'step_ms': 50.0, 'mfu': 0.4}]}
-  row, why_not = perf.plan_row_for_run(plan, config, 'pretrain')
+  row, why_not = plan_files.plan_row_for_run(plan, config, 'pretrain')
   assert row is None and 'this run has 8 cpu devices' in why_not  # Not a v4: not compared.
   monkeypatch.setattr(perf, 'peak_of', lambda kind: perf.PEAKS['TPU v4'])
-  row, _ = perf.plan_row_for_run(plan, config, 'pretrain')
+  row, _ = plan_files.plan_row_for_run(plan, config, 'pretrain')
   assert row['step_ms'] == 50.0 and row['accelerator_type'] == 'v4-16'
   with config.unlocked():
     config.distributed.initialize = True  # What the launchers add: the same run.
-  assert perf.plan_row_for_run(plan, config, 'pretrain')[0] == row
+  assert plan_files.plan_row_for_run(plan, config, 'pretrain')[0] == row
   config.seed = 1
-  assert perf.plan_row_for_run(plan, config, 'pretrain') == (
+  assert plan_files.plan_row_for_run(plan, config, 'pretrain') == (
     None, 'it was made for another config (or other overrides)')
   verdicts = perf.Verdicts('pretrain', row)
   figures = {'step_time_s': 0.1, 'input_wait': 0.0, 'mfu': 0.2}

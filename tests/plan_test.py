@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import demo as demo_lib
-from simclr_jax import plan, sharding
+from simclr_jax import plan, plan_files, sharding
 from simclr_jax.models import load
 
 from train_test import IMAGE_SIZE, _tiny_config
@@ -157,7 +157,7 @@ def test_config_that_cannot_fit_is_refused_in_one_line_and_the_plan_reused(tmp_p
   assert json.loads(out.read_text()) == made  # Not rewritten.
   for key in ('config_hash', 'code', 'libtpu'):
     wanted = {**made['fingerprint'], key: 'other'}
-    assert plan.reusable(str(out), wanted) == (None, f'{out} was made with another {key}')
+    assert plan_files.reusable(str(out), wanted) == (None, f'{out} was made with another {key}')
   # --replan compiles again (the command's main in this process, with its flag values).
   config = demo_lib.get_config()
   config.stages = ('pretrain',)
