@@ -5,7 +5,7 @@
       with meter.input(step):                  # blocked in the iterator + host-to-device copy
         batch = ...
       state, metrics = train_step(...)
-      meter.dispatched(step, metrics['loss'])  # a thread records when the device finished it
+      meter.dispatched(step, metrics)          # a thread records when the device finished it
       ...
       meter.window(step)  ->  {'images_per_s': ..., 'input_wait': ..., 'mfu': ..., ...}
 
@@ -140,10 +140,10 @@ def host_rss_gib() -> float:
     return peak / (GIB if sys.platform == 'darwin' else 2**20)
 
 
-def device_memory() -> tuple[float, float] | None:
-  """(peak GiB in use, GiB limit) over this host's devices, where the backend reports them
+def device_memory_peak_gib() -> float | None:
+  """The peak memory in use of this host's busiest device (GiB), where the backend reports it
   (TPU, GPU); None on CPU."""
-  peaks, limits = [], []
+  peaks = []
   for device in jax.local_devices():
     try:
       stats = device.memory_stats()
@@ -152,8 +152,7 @@ def device_memory() -> tuple[float, float] | None:
     if not stats or 'peak_bytes_in_use' not in stats:
       return None
     peaks.append(stats['peak_bytes_in_use'])
-    limits.append(stats.get('bytes_limit', 0))
-  return (max(peaks) / GIB, min(limits) / GIB) if peaks else None
+  return max(peaks) / GIB if peaks else None
 
 
 _SAID_NO_PEAK: set[str] = set()
@@ -252,10 +251,10 @@ class StepMeter:
     self.rss_peak_gib = max(self.rss_peak_gib, figures['host_rss_gib'])
     if self.peak is not None:
       figures['mfu'] = self.mfu(step_time)
-    memory = device_memory()
+    memory = device_memory_peak_gib()
     if memory is not None:
-      figures['device_memory_gib'] = memory[0]
-      self.memory_peak_gib = max(self.memory_peak_gib or 0.0, memory[0])
+      figures['device_memory_gib'] = memory
+      self.memory_peak_gib = max(self.memory_peak_gib or 0.0, memory)
     return figures
 
   def mfu(self, step_time: float) -> float:

@@ -36,7 +36,6 @@ from ml_collections import config_flags  # noqa: E402
 
 from simclr_jax import (cli, evaluation, fs, perf, plan_files, run, sharding,  # noqa: E402
                         stages, train, validation)
-from simclr_jax.perf import forward_flops  # noqa: E402, F401 - the plan's FLOP count, re-exported
 from simclr_jax.data import input as data_input  # noqa: E402
 from simclr_jax.data import subsets, views  # noqa: E402
 from simclr_jax.models import load  # noqa: E402

@@ -214,7 +214,7 @@ def train_and_evaluate(
     teacher_model))
   verdicts = perf.Verdicts(stage, plan_row)
   profiler = profiling.Profiler(workdir, config.train.profile_steps, start_step + 1,
-                           all_hosts=config.train.profile_all_hosts)
+                                all_hosts=config.train.profile_all_hosts)
 
   def log(step: int, metrics: dict[str, float]) -> None:
     writer.write_scalars(step, metrics)

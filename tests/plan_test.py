@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import demo as demo_lib
-from simclr_jax import plan, plan_files, sharding
+from simclr_jax import perf, plan, plan_files, sharding
 from simclr_jax.models import load
 
 from train_test import IMAGE_SIZE, _tiny_config
@@ -95,7 +95,7 @@ def test_analytic_forward_flops_match_the_compiler():
   config.model.width_multiplier = 0.25
   config.data.image_size = 64
   model = load.build(config, num_classes=10)
-  analytic = plan.forward_flops(model, 64)
+  analytic = perf.forward_flops(model, 64)
   variables = load.abstract_variables(model, 64)
   images = jax.ShapeDtypeStruct((8, 64, 64, 3), np.float32)
   compiled = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, images).compile()
@@ -112,7 +112,7 @@ def test_resnet50_forward_flops_as_published():
 
   config = r50_1x.get_config()
   model = load.build(config, num_classes=1000)
-  flops = plan.forward_flops(model, 224)
+  flops = perf.forward_flops(model, 224)
   assert 7.9e9 < flops < 8.6e9, flops
 
 
